@@ -1,0 +1,3 @@
+from .autoencoder_vidtwin import VIDTWIN_PRESETS, AutoencoderVidTwin, VidTwinEncoderOutput
+
+__all__ = ["AutoencoderVidTwin", "VidTwinEncoderOutput", "VIDTWIN_PRESETS"]

@@ -135,8 +135,9 @@ class SpatioTemporalBlock(nn.Module):
     each grid cell (applied to the residual stream itself, gated by the same gate), then an MLP.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, temporal_causal: bool = True):
         super().__init__()
+        self.temporal_causal = temporal_causal
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.attn_temporal = Attention(dim, num_heads)
@@ -156,7 +157,7 @@ class SpatioTemporalBlock(nn.Module):
         # The temporal branch sees the raw stream: no norm, no modulation (the original's design).
         h = x if temporal_pos_embed is None else x + temporal_pos_embed[:, None]
         h = h.transpose(1, 2).reshape(b * s, t, d)
-        x = x + gate_msa * self.attn_temporal(h, is_causal=True).view(b, s, t, d).transpose(1, 2)
+        x = x + gate_msa * self.attn_temporal(h, is_causal=self.temporal_causal).view(b, s, t, d).transpose(1, 2)
 
         h = self.norm2(x) * (1 + scale_mlp) + shift_mlp
         return x + gate_mlp * self.mlp(h)
@@ -169,19 +170,24 @@ class SpatioTemporalTransformer(nn.Module):
     temporal-attention input of the first block.
     """
 
-    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float, grid_size: tuple[int, int, int]):
+    def __init__(
+        self, dim: int, depth: int, num_heads: int, mlp_ratio: float, grid_size: tuple[int, int, int], temporal_causal: bool
+    ):
         super().__init__()
         t, h, w = grid_size
-        self.blocks = nn.ModuleList([SpatioTemporalBlock(dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [SpatioTemporalBlock(dim, num_heads, mlp_ratio, temporal_causal) for _ in range(depth)]
+        )
         self.register_buffer("pos_embed", sincos_2d(dim, h, w).float(), persistent=False)  # (h*w, D)
         self.register_buffer("temporal_pos_embed", sincos_1d(dim, t).float(), persistent=False)  # (t, D)
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, d, t, h, w = x.shape  # (B, D, t, h, w)
-        x = x.flatten(3).permute(0, 2, 3, 1) + self.pos_embed  # (B, t, h*w, D)
+        # Buffers are cast at use: from_pretrained(dtype=...) converts parameters only.
+        x = x.flatten(3).permute(0, 2, 3, 1) + self.pos_embed.to(x.dtype)  # (B, t, h*w, D)
         for index, block in enumerate(self.blocks):
-            temporal_pos_embed = self.temporal_pos_embed if index == 0 else None
+            temporal_pos_embed = self.temporal_pos_embed.to(x.dtype) if index == 0 else None
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, x, temporal_pos_embed)
             else:
@@ -424,6 +430,7 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         num_frames: frames per clip T; longer clips need `enable_tiling()`.
         patch_size, patch_size_t: spatial and temporal patch of the patch embedding.
         hidden_size, num_encoder_layers, num_decoder_layers, num_attention_heads, mlp_ratio: backbone.
+        temporal_causal: frame t attends to frames <= t in temporal attention (the released model: True).
         num_queries, query_dim: Q-Former queries n_q and their width d_q.
         qformer_num_layers, qformer_num_attention_heads, qformer_intermediate_size,
         qformer_cross_attention_frequency, qformer_dropout: Q-Former (BLIP-2 layout).
@@ -448,6 +455,7 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         num_decoder_layers: int = 16,
         num_attention_heads: int = 12,
         mlp_ratio: float = 4.0,
+        temporal_causal: bool = True,
         num_queries: int = 16,
         query_dim: int = 64,
         qformer_num_layers: int = 6,
@@ -490,7 +498,7 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
             stride=(patch_size_t, patch_size, patch_size),
         )
         self.encoder = SpatioTemporalTransformer(
-            hidden_size, num_encoder_layers, num_attention_heads, mlp_ratio, grid_size
+            hidden_size, num_encoder_layers, num_attention_heads, mlp_ratio, grid_size, temporal_causal
         )
         qformer = TemporalQFormer(
             num_queries, query_dim, hidden_size, qformer_num_layers, qformer_num_attention_heads,
@@ -506,7 +514,7 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         )
         self.dynamics_decoder = DynamicsDecoder(dynamics_channels, hidden_size, grid_size, self.dynamics_grid)
         self.decoder = SpatioTemporalTransformer(
-            hidden_size, num_decoder_layers, num_attention_heads, mlp_ratio, grid_size
+            hidden_size, num_decoder_layers, num_attention_heads, mlp_ratio, grid_size, temporal_causal
         )
         self.head = PatchHead(hidden_size, patch_size_t * patch_size * patch_size, in_channels)
 

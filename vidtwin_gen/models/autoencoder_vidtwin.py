@@ -107,6 +107,18 @@ class VidTwinEncoderOutput(BaseOutput):
     dynamics_dist: DiagonalGaussian
 
 
+@dataclass
+class VidTwinDecoderOutput(DecoderOutput):
+    """`DecoderOutput` of `forward`, plus the posterior it decoded from (training needs its KL).
+
+    Args:
+        sample: the reconstruction (B, C, T, H, W).
+        latent_dist: posterior over the packed joint latent, (B, N).
+    """
+
+    latent_dist: DiagonalGaussian | None = None
+
+
 # ----------------------------------------------------------------------------------------------
 # Spatio-temporal transformer (encoder and decoder backbone)
 # ----------------------------------------------------------------------------------------------
@@ -746,11 +758,15 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         generator: torch.Generator | None = None,
         part: str | None = None,
         return_dict: bool = True,
-    ) -> DecoderOutput | tuple[torch.Tensor]:
-        """Reconstruct `sample` (B, C, T, H, W); the posterior mean unless `sample_posterior`."""
+    ) -> VidTwinDecoderOutput | tuple[torch.Tensor]:
+        """Reconstruct `sample` (B, C, T, H, W); the posterior mean unless `sample_posterior`.
+
+        Training goes through here (not `encode`/`decode`) so that a DDP wrapper sees the whole computation.
+        """
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
-        return self.decode(z, part=part, num_frames=sample.shape[2], return_dict=return_dict)
+        video = self.decode(z, part=part, num_frames=sample.shape[2]).sample
+        return VidTwinDecoderOutput(sample=video, latent_dist=posterior) if return_dict else (video,)
 
     def reenact(self, structure_video: torch.Tensor, dynamics_video: torch.Tensor) -> DecoderOutput:
         """Cross-reenactment: the structure of `structure_video` with the dynamics of `dynamics_video`.

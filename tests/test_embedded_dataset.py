@@ -1,0 +1,118 @@
+"""The embedded synthetic data set: layout, determinism, and classes that differ in content and in motion."""
+
+import json
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from vidtwin_gen.data.embedded import CLASSES, main, make_embedded_dataset
+from vidtwin_gen.data.ucf101 import load_ucf101
+
+
+def _decode(path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def test_ten_classes_cross_content_and_motion():
+    assert len(CLASSES) == 10 and len({cls.name for cls in CLASSES}) == 10
+    for content in {(cls.colour, cls.shape) for cls in CLASSES}:
+        motions = {cls.motion for cls in CLASSES if (cls.colour, cls.shape) == content}
+        assert "drift" in motions and len(motions) == 2  # each content drifts, and moves fast locally
+    assert {cls.motion for cls in CLASSES} == {"drift", "spin", "bounce", "flicker"}
+    assert all(re.fullmatch(r"(?:[A-Z][a-z]+)+", cls.name) for cls in CLASSES)  # CamelCase like UCF-101
+
+
+def test_layout_matches_ucf101(embedded_root, tiny_embedded_options):
+    root = Path(embedded_root)
+    names = tiny_embedded_options["classes"]
+    assert sorted(p.name for p in (root / "UCF-101").iterdir()) == sorted(names)
+    files = sorted((root / "UCF-101").rglob("*"))
+    videos = [p for p in files if p.is_file()]
+    assert len(videos) == len(names) * 3 * 2
+    assert all(re.fullmatch(rf"v_{p.parent.name}_g0[1-3]_c0[12]\.avi", p.name) for p in videos)
+    class_ind = (root / "ucfTrainTestlist" / "classInd.txt").read_bytes()
+    assert class_ind == "".join(f"{i} {name}\r\n" for i, name in enumerate(names, 1)).encode()
+    first_train = (root / "ucfTrainTestlist" / "trainlist01.txt").read_text().splitlines()[0]
+    assert re.fullmatch(r"RedSquareDrift/v_RedSquareDrift_g02_c01\.avi 1", first_train)
+    with av.open(str(videos[0])) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, stream.frames, float(stream.average_rate)) == (64, 48, 24, 25.0)
+        assert stream.codec_tag == "XVID"
+    description = json.loads((root / "embedded_dataset.json").read_text())
+    assert [c["name"] for c in description["classes"]] == names
+
+
+def test_same_seed_same_frames_other_seed_other_frames(embedded_root, tmp_path, tiny_embedded_options):
+    options = {**tiny_embedded_options, "classes": ["RedSquareSpin"], "num_groups": 3, "clips_per_group": 1}
+    again = make_embedded_dataset(tmp_path / "again", seed=0, **options)
+    other = make_embedded_dataset(tmp_path / "other", seed=1, **options)
+    relative = "UCF-101/RedSquareSpin/v_RedSquareSpin_g02_c01.avi"
+    # Per-video seeding: the video is the same whatever the other classes and clips are.
+    assert np.array_equal(_decode(Path(embedded_root) / relative), _decode(again / relative))
+    assert not np.array_equal(_decode(again / relative), _decode(other / relative))
+
+
+def test_classes_differ_in_content_and_motion(make_embedded):
+    root = make_embedded(classes=[cls.name for cls in CLASSES], num_groups=3, clips_per_group=1, num_frames=25)
+    corner_change, colour = {}, {}
+    for cls in CLASSES:
+        frames = _decode(Path(root) / f"UCF-101/{cls.name}/v_{cls.name}_g01_c01.avi").astype(float)  # (T, H, W, 3)
+        # The object never reaches the frame corners; a corner changes only if the whole scene moves.
+        corners = np.concatenate([frames[:, :6, :6], frames[:, :6, -6:], frames[:, -6:, :6], frames[:, -6:, -6:]], axis=1)
+        corner_change[cls.name] = np.abs(corners[-1] - corners[0]).mean()
+        # The object's colour: the most saturated pixels of the middle frame.
+        middle = frames[len(frames) // 2].reshape(-1, 3)
+        saturation = middle.max(1) - middle.min(1)
+        colour[cls.name] = middle[saturation >= np.quantile(saturation, 0.97)].mean(0)
+    for cls in CLASSES:
+        if cls.motion == "drift":
+            assert corner_change[cls.name] > 4, cls.name
+        else:
+            assert corner_change[cls.name] < 1.5, cls.name
+        # The hue is the class's own: nearest of the five palette colours by direction (textures and flicker
+        # darken the object, which scales its colour).
+        palette = np.array(sorted({c.colour for c in CLASSES}), float)
+        similarity = palette @ colour[cls.name] / np.linalg.norm(palette, axis=1)
+        assert tuple(palette[similarity.argmax()]) == cls.colour, (cls.name, colour[cls.name])
+
+
+def test_fast_motion_changes_the_object_between_sampled_frames(embedded_root):
+    # At 8 fps (every 3rd frame) a spinning square looks different in consecutive samples (no aliasing).
+    frames = _decode(Path(embedded_root) / "UCF-101/RedSquareSpin/v_RedSquareSpin_g01_c01.avi").astype(float)
+    differences = [np.abs(frames[i + 3] - frames[i]).mean() for i in range(0, 18, 3)]
+    assert min(differences) > 1.0
+
+
+def test_train_split_loads_every_class(embedded_root, tiny_embedded_options):
+    train = load_ucf101(embedded_root, 3, "train")
+    assert sorted(set(train["label"])) == list(range(len(tiny_embedded_options["classes"])))
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    options = {"classes": ["BlueCircleDrift"], "num_groups": 3, "clips_per_group": 1, "num_frames": 4, "width": 32,
+               "height": 24}
+    make_embedded_dataset(tmp_path, **options)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        make_embedded_dataset(tmp_path, **options)
+    make_embedded_dataset(tmp_path, overwrite=True, **{**options, "classes": ["RedSquareSpin"]})
+    assert [p.name for p in (tmp_path / "UCF-101").iterdir()] == ["RedSquareSpin"]
+
+
+@pytest.mark.parametrize("kwargs", [{"num_groups": 2}, {"classes": ["PinkElephantDance"]}, {"classes": []}])
+def test_bad_arguments(tmp_path, kwargs):
+    with pytest.raises(ValueError):
+        make_embedded_dataset(tmp_path, **kwargs)
+
+
+def test_cli(tmp_path, capsys):
+    argv = ["--output-dir", str(tmp_path), "--classes", "GreenTriangleSpin", "YellowStripesFlicker", "--num-groups", "3",
+            "--clips-per-group", "1", "--num-frames", "6", "--width", "32", "--height", "24", "--seed", "5"]
+    assert main(argv) == 0
+    assert "wrote 6 videos" in capsys.readouterr().out
+    assert len(load_ucf101(tmp_path, 1, "train")) == 4
+    with pytest.raises(SystemExit):  # exists: argparse error, not a traceback
+        main(argv)

@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vidtwin_gen.data.ucf101 import load_ucf101
+from vidtwin_gen.data.video_io import load_clip, write_video
+from vidtwin_gen.evaluation.metrics import psnr, ssim, to_unit_range
+from vidtwin_gen.evaluation.reconstruction import main
+from vidtwin_gen.models import AutoencoderVidTwin
+from vidtwin_gen.training.lpips import FEATURE_CHANNELS, LPIPS
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    """A randomly initialised tiny autoencoder (8 frames of 32x32) saved as a diffusers folder."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae")
+    AutoencoderVidTwin.from_preset("tiny").save_pretrained(path)
+    return path
+
+
+def test_eval_recon_ucf_split_matches_direct_computation(vae_dir, embedded_root, tmp_path, capsys):
+    output = tmp_path / "recon.json"
+    assert main(["--vae", str(vae_dir), "--data-root", str(embedded_root), "--split", "1", "--subset", "test",
+                 "--max-clips", "3", "--batch-size", "2", "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert (report["num_clips"], report["num_videos"], report["num_skipped"]) == (3, 3, 0)
+    assert report["clip_shape"] == [3, 8, 32, 32] and (report["split"], report["subset"]) == (1, "test")
+    assert "lpips" not in report
+
+    # The same three clips, reconstructed and scored by hand.
+    paths = load_ucf101(embedded_root, 1, "test")["path"]
+    chosen = sorted(torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))[:3].tolist())
+    video = torch.stack([load_clip(paths[i], 8, (32, 32), 25.0, mode="center") for i in chosen])
+    vae = AutoencoderVidTwin.from_pretrained(vae_dir).eval()
+    with torch.no_grad():
+        reconstruction = vae(video).sample.clamp(-1, 1)
+    real, fake = to_unit_range(video), to_unit_range(reconstruction)
+    assert report["psnr"] == pytest.approx(psnr(real, fake).mean().item(), abs=1e-4)
+    assert report["ssim"] == pytest.approx(ssim(real, fake).mean().item(), abs=1e-5)
+
+    table = capsys.readouterr().out.splitlines()
+    assert "PSNR (dB)" in table[0] and "SSIM" in table[0]
+    assert table[1].split() == ["3", f"{report['psnr']:.4f}", f"{report['ssim']:.4f}"]
+
+
+def test_eval_recon_video_folder_with_lpips(vae_dir, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "videos"
+    for i in range(2):  # 20 frames at 25 fps: two consecutive 8-frame clips each, the tail dropped
+        write_video(folder / f"clip{i}.mp4", rng.integers(0, 255, (20, 36, 48, 3), dtype=np.uint8), fps=25)
+    (folder / "broken.mp4").write_bytes(b"garbage")
+
+    # LPIPS with random weights written in the two file layouts it reads (real ones are not reachable offline).
+    torch.manual_seed(0)
+    lpips = LPIPS()
+    vgg, lin = tmp_path / "vgg16.pth", tmp_path / "lin.pth"
+    torch.save({k: v for k, v in lpips.state_dict().items() if k.startswith("features.")}, vgg)
+    # Real lin weights are non-negative (LPIPS clamps them in training), so distances are positive.
+    torch.save({f"lin{i}.model.1.weight": lpips.lins[i].weight.abs() for i in range(len(FEATURE_CHANNELS))}, lin)
+
+    output = tmp_path / "recon.json"
+    assert main(["--vae", str(vae_dir), "--video-dir", str(folder), "--lpips-vgg", str(vgg), "--lpips-lin", str(lin),
+                 "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert (report["num_clips"], report["num_videos"], report["num_skipped"]) == (4, 3, 1)
+    assert np.isfinite([report["psnr"], report["ssim"], report["lpips"]]).all() and report["lpips"] > 0
+    assert "LPIPS" in capsys.readouterr().out.splitlines()[0]
+
+    assert main(["--vae", str(vae_dir), "--video-dir", str(folder), "--max-clips", "3", "--batch-size", "2",
+                 "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["num_clips"] == 3
+
+
+def test_eval_recon_argument_errors(vae_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--vae", str(vae_dir), "--video-dir", str(tmp_path), "--lpips-vgg", "vgg.pth"])
+    assert "both --lpips-vgg and --lpips-lin" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--vae", str(vae_dir)])  # no data

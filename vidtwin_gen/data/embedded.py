@@ -1,0 +1,266 @@
+"""The embedded data set: small synthetic videos written in exactly the UCF-101 layout.
+
+Ten classes cross content with motion, so that structure and dynamics are visibly different things:
+
+- content: a coloured shape or textured patch (red square, blue circle, green triangle, yellow stripes,
+  purple checker) on a softly textured background;
+- motion: either a slow drift of the whole scene (a camera pan, everything moves together by a fraction of
+  the frame per second), or fast local motion of the object over a static background (spinning, bouncing,
+  flickering brightness).
+
+Each content appears once drifting and once with a fast local motion ("RedSquareDrift", "RedSquareSpin", ...).
+Like UCF-101, videos come in groups gXX (a "scene": background, object size and place, colour shade) of clips
+cYY (speed, direction and phase of the motion), and split k holds out the k-th third of the groups.
+Everything is drawn from a seed: the same seed writes the same frames.
+
+    vidtwin-gen make-dataset --output-dir data/embedded      # then load_ucf101("data/embedded")
+"""
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .ucf101 import SPLIT_DIR, SPLITS, VIDEO_DIR, class_to_caption
+from .video_io import write_video
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedClass:
+    name: str
+    colour: tuple[int, int, int]
+    shape: str  # "square" | "circle" | "triangle" | "stripes" | "checker"
+    motion: str  # "drift" (whole scene, slow) | "spin" | "bounce" | "flicker" (local, fast)
+
+
+_CONTENT = {
+    "RedSquare": ((220, 40, 40), "square"),
+    "BlueCircle": ((40, 90, 235), "circle"),
+    "GreenTriangle": ((40, 200, 70), "triangle"),
+    "YellowStripes": ((240, 215, 40), "stripes"),
+    "PurpleChecker": ((165, 60, 210), "checker"),
+}
+_FAST_MOTION = {"RedSquare": "spin", "BlueCircle": "bounce", "GreenTriangle": "spin", "YellowStripes": "flicker",
+                "PurpleChecker": "bounce"}
+
+CLASSES = tuple(
+    EmbeddedClass(content + motion.capitalize(), colour, shape, motion)
+    for content, (colour, shape) in _CONTENT.items()
+    for motion in ("drift", _FAST_MOTION[content])
+)
+
+
+def _scene(rng: np.random.Generator, cls: EmbeddedClass, height: int, width: int) -> dict:
+    """Per-group appearance: background palette and texture, object size, place and shade."""
+    base = rng.uniform(60, 140)
+    waves = []
+    for amplitude in (0.6, 0.4):
+        angle, wavelength = rng.uniform(0, math.pi), rng.uniform(0.25, 0.6) * height
+        waves.append((amplitude, 2 * math.pi / wavelength * math.cos(angle), 2 * math.pi / wavelength * math.sin(angle),
+                      rng.uniform(0, 2 * math.pi)))
+    return {
+        "bg_dark": base + rng.uniform(-20, 20, 3) - 25,
+        "bg_light": base + rng.uniform(-20, 20, 3) + 25,
+        "waves": waves,
+        "radius": rng.uniform(0.17, 0.22) * height,
+        "centre": (width / 2 + rng.uniform(-0.08, 0.08) * width, height / 2 + rng.uniform(-0.08, 0.08) * height),
+        "colour": np.clip(np.array(cls.colour) + rng.uniform(-15, 15, 3), 0, 255),
+        "angle": rng.uniform(0, 2 * math.pi),
+    }
+
+
+def _motion(rng: np.random.Generator, cls: EmbeddedClass, height: int) -> dict:
+    """Per-clip motion parameters. Fast motions are chosen to stay visible (no aliasing) at 8 fps sampling."""
+    if cls.motion == "drift":
+        angle = rng.uniform(0, 2 * math.pi)
+        speed = rng.uniform(0.14, 0.2) * height  # pixels per second: a slow pan
+        return {"velocity": (speed * math.cos(angle), speed * math.sin(angle))}
+    if cls.motion == "spin":
+        return {"turns_per_s": rng.choice([-1, 1]) * rng.uniform(0.55, 0.85)}
+    if cls.motion == "bounce":
+        return {"hz": rng.uniform(1.0, 1.5), "amplitude": rng.uniform(0.22, 0.3) * height, "phase": rng.uniform(0, 1)}
+    return {"hz": rng.uniform(1.6, 2.4), "phase": rng.uniform(0, 2 * math.pi)}  # flicker
+
+
+def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """Approximate signed distance in pixels to the shape's edge (negative inside); x, y in the object's frame."""
+    if shape == "circle":
+        return np.sqrt(x * x + y * y) - radius
+    if shape == "triangle":  # equilateral, circumradius `radius`: inside all three edges at the inradius
+        edges = [x * math.cos(a) + y * math.sin(a) for a in (math.pi / 2, math.pi / 2 + 2 * math.pi / 3,
+                                                             math.pi / 2 + 4 * math.pi / 3)]
+        return np.maximum(np.maximum(edges[0], edges[1]), edges[2]) - radius / 2
+    half = radius * 0.85  # squares and textured patches
+    return np.maximum(np.abs(x), np.abs(y)) - half
+
+
+def _render(cls: EmbeddedClass, scene: dict, motion: dict, num_frames: int, fps: float, height: int, width: int,
+            grain: float, rng: np.random.Generator) -> np.ndarray:
+    """(T, H, W, 3) uint8."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    # Each wave a*sin(kx*x + ky*y + phase), kept as its sine and cosine so a shift is a cheap phase rotation.
+    waves = [(a, kx, ky, np.sin(kx * xs + ky * ys + phase), np.cos(kx * xs + ky * ys + phase))
+             for a, kx, ky, phase in scene["waves"]]
+    dark, light = scene["bg_dark"].astype(np.float32), scene["bg_light"].astype(np.float32)
+
+    def background(ox: float, oy: float) -> np.ndarray:
+        # The texture seen through a camera moved by (ox, oy): sin(p - s) = sin p cos s - cos p sin s.
+        texture = sum(a * (math.cos(kx * ox + ky * oy) * sin_p - math.sin(kx * ox + ky * oy) * cos_p)
+                      for a, kx, ky, sin_p, cos_p in waves)
+        return dark + (light - dark) * (0.5 + 0.5 * texture)[..., None]
+
+    static = None if cls.motion == "drift" else background(0.0, 0.0)
+    duration, radius = num_frames / fps, scene["radius"]
+    reach = 1.25 * radius + 2  # the object lies within this distance of its centre
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for index in range(num_frames):
+        t = index / fps
+        cx, cy = scene["centre"]
+        angle, brightness = scene["angle"], 1.0
+        if cls.motion == "drift":  # pan everything, centred so the object passes the middle mid-video
+            ox, oy = (t - duration / 2) * motion["velocity"][0], (t - duration / 2) * motion["velocity"][1]
+            image = background(ox, oy)
+            cx, cy = cx + ox, cy + oy
+        else:
+            image = static.copy()
+        if cls.motion == "spin":
+            angle += 2 * math.pi * motion["turns_per_s"] * t
+        elif cls.motion == "bounce":
+            cy -= motion["amplitude"] * abs(math.sin(math.pi * (motion["hz"] * t + motion["phase"])))
+        elif cls.motion == "flicker":
+            brightness = 0.3 + 0.7 * (0.5 + 0.5 * math.cos(2 * math.pi * motion["hz"] * t + motion["phase"]))
+
+        # Draw the object inside its bounding box only.
+        y0, y1 = max(0, int(cy - reach)), min(height, int(cy + reach) + 1)
+        x0, x1 = max(0, int(cx - reach)), min(width, int(cx + reach) + 1)
+        if y0 < y1 and x0 < x1:
+            dx, dy = xs[y0:y1, x0:x1] - cx, ys[y0:y1, x0:x1] - cy
+            lx = math.cos(angle) * dx + math.sin(angle) * dy  # pixel in the object's rotated frame
+            ly = -math.sin(angle) * dx + math.cos(angle) * dy
+            alpha = np.clip(0.5 - _signed_distance(cls.shape, lx, ly, radius), 0, 1)[..., None]
+            colour = (scene["colour"] * brightness).astype(np.float32)
+            period = radius / 2.5
+            if cls.shape == "stripes":
+                pattern = 0.5 + 0.5 * np.tanh(3 * np.sin(2 * math.pi * lx / period))
+                colour = colour * (0.35 + 0.65 * pattern[..., None])
+            elif cls.shape == "checker":
+                pattern = 0.5 + 0.5 * np.tanh(3 * np.sin(1.5 * math.pi * lx / period) * np.sin(1.5 * math.pi * ly / period))
+                colour = colour * (0.35 + 0.65 * pattern[..., None])
+            box = image[y0:y1, x0:x1]
+            image[y0:y1, x0:x1] = box + alpha * (colour - box)
+        if grain:
+            image += grain * rng.standard_normal(image.shape, dtype=np.float32)
+        frames[index] = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    return frames
+
+
+def make_embedded_dataset(
+    output_dir,
+    seed: int = 0,
+    num_groups: int = 6,
+    clips_per_group: int = 3,
+    num_frames: int = 70,
+    fps: float = 25.0,
+    width: int = 160,
+    height: int = 120,
+    classes: list[str] | None = None,
+    grain: float = 0.0,
+    overwrite: bool = False,
+) -> Path:
+    """Write the embedded data set in UCF-101 layout and return the root to give `load_ucf101`.
+
+    Args:
+        output_dir: root; gets `UCF-101/` and `ucfTrainTestlist/` (and `embedded_dataset.json`, a description).
+        seed: everything is drawn from it; each video's randomness depends only on (seed, class, group, clip),
+            so a subset of classes or groups gives the same videos as the full set.
+        num_groups: groups gXX per class (>= 3: split k tests on the k-th third of them, trains on the rest).
+        clips_per_group: clips cYY per group.
+        num_frames, fps, width, height: per video (default 2.8 s of 160x120 at 25 fps, like UCF-101 in small).
+        classes: subset of the class names in `CLASSES` (default all ten).
+        grain: standard deviation of per-pixel noise (0-255 scale), for benchmarks that want camera-like data.
+        overwrite: replace an existing data set in `output_dir`.
+    """
+    by_name = {cls.name: cls for cls in CLASSES}
+    names = list(by_name) if classes is None else list(classes)
+    unknown = [name for name in names if name not in by_name]
+    if unknown or not names:
+        raise ValueError(f"unknown or no classes {unknown}; choose from {list(by_name)}")
+    if num_groups < len(SPLITS):
+        raise ValueError(f"num_groups must be >= {len(SPLITS)} so that each split holds out different groups")
+    if clips_per_group < 1 or num_frames < 1 or fps <= 0:
+        raise ValueError("clips_per_group and num_frames must be >= 1 and fps positive")
+    root = Path(output_dir)
+    videos_dir, split_dir = root / VIDEO_DIR, root / SPLIT_DIR
+    if videos_dir.exists() or split_dir.exists():
+        if not overwrite:
+            raise FileExistsError(f"{root} already holds a data set ({VIDEO_DIR}/ or {SPLIT_DIR}/); pass overwrite=True "
+                                  "(--overwrite) or choose another folder")
+        shutil.rmtree(videos_dir, ignore_errors=True)
+        shutil.rmtree(split_dir, ignore_errors=True)
+
+    class_index = {cls.name: number for number, cls in enumerate(CLASSES)}  # stable seeds for any subset
+    test_groups = np.array_split(np.arange(1, num_groups + 1), len(SPLITS))
+    entries = []  # (relative path, label 1-based, group)
+    for label, name in enumerate(names, start=1):
+        cls = by_name[name]
+        for group in range(1, num_groups + 1):
+            scene = _scene(np.random.default_rng([seed, class_index[name], group]), cls, height, width)
+            for clip in range(1, clips_per_group + 1):
+                rng = np.random.default_rng([seed, class_index[name], group, clip])
+                frames = _render(cls, scene, _motion(rng, cls, height), num_frames, fps, height, width, grain, rng)
+                relative = f"{name}/v_{name}_g{group:02d}_c{clip:02d}.avi"
+                write_video(videos_dir / relative, frames, fps)
+                entries.append((relative, label, group))
+
+    # Split files last: an interrupted run leaves no listing, so it cannot be mistaken for a data set.
+    split_dir.mkdir(parents=True)
+    crlf = "\r\n"  # as in the official files
+    (split_dir / "classInd.txt").write_text("".join(f"{i} {name}{crlf}" for i, name in enumerate(names, 1)), newline="")
+    for split, held_out in zip(SPLITS, test_groups):
+        train = [f"{rel} {label}{crlf}" for rel, label, group in entries if group not in held_out]
+        test = [f"{rel}{crlf}" for rel, label, group in entries if group in held_out]
+        (split_dir / f"trainlist0{split}.txt").write_text("".join(train), newline="")
+        (split_dir / f"testlist0{split}.txt").write_text("".join(test), newline="")
+    description = {
+        "seed": seed, "num_groups": num_groups, "clips_per_group": clips_per_group, "num_frames": num_frames,
+        "fps": fps, "width": width, "height": height, "grain": grain,
+        "test_groups": {str(split): groups.tolist() for split, groups in zip(SPLITS, test_groups)},
+        "classes": [{"name": name, "caption": class_to_caption(name), "colour": by_name[name].colour,
+                     "shape": by_name[name].shape, "motion": by_name[name].motion} for name in names],
+    }
+    (root / "embedded_dataset.json").write_text(json.dumps(description, indent=2))
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vidtwin-gen make-dataset", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", required=True, help="root folder; gets UCF-101/ and ucfTrainTestlist/")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-groups", type=int, default=6, help="groups gXX per class (>= 3)")
+    parser.add_argument("--clips-per-group", type=int, default=3, help="clips cYY per group")
+    parser.add_argument("--num-frames", type=int, default=70, help="frames per video")
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--height", type=int, default=120)
+    parser.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                        help=f"subset of: {' '.join(cls.name for cls in CLASSES)}")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing data set in --output-dir")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        root = make_embedded_dataset(args.output_dir, seed=args.seed, num_groups=args.num_groups,
+                                     clips_per_group=args.clips_per_group, num_frames=args.num_frames, fps=args.fps,
+                                     width=args.width, height=args.height, classes=args.classes, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as error:
+        parser.error(str(error))
+    count = sum(1 for _ in (root / VIDEO_DIR).rglob("*.avi"))
+    print(f"wrote {count} videos in UCF-101 layout to {root} in {time.perf_counter() - start:.1f} s")
+    return 0

@@ -1,0 +1,281 @@
+"""Latent cache: encode a data split once with the autoencoder, train the generator on the stored posteriors.
+
+    vidtwin-gen encode-dataset --vae VAE_DIR --data-root DATA --split 1 --subset train --output-dir CACHE
+
+The cache folder holds:
+
+    data/               a `datasets` dataset, one row per clip:
+                          structure_mean, structure_std  (d_S, n_q, h_S, w_S) float32   posterior of z_S
+                          dynamics_mean, dynamics_std    (d_D, t, w_D + h_D) float32    posterior of z_D
+                          label (ClassLabel), caption, path, clip_index
+    latent_stats.json   per-channel mean/std of the posterior means of each part (channel axis 1), which the
+                        generator uses to bring both parts to unit scale
+    vae_config.json     the autoencoder's config: latent shapes, and which autoencoder decodes generated latents
+    manifest.json       the settings the cache was made with, the VAE's weight fingerprint, counts
+
+Clips have the VAE's frame count and size (`vae.sample_shape`); they are centred (one per video) or evenly
+spread (`clips_per_video` > 1) and centre-cropped. Work is done in shards, each written to a temporary folder
+and renamed when complete, so an interrupted run continues where it stopped when rerun with the same
+arguments and never duplicates rows. Unreadable videos are skipped, logged and counted (manifest
+"num_skipped").
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..models import AutoencoderVidTwin
+from .ucf101 import UCF101Clips, collate_clips
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR, SHARDS_DIR = "data", "shards"
+MANIFEST, STATS, VAE_CONFIG = "manifest.json", "latent_stats.json", "vae_config.json"
+PARTS = ("structure", "dynamics")
+
+# Settings that must match for a rerun to continue an existing cache.
+_RESUME_KEYS = ("data_root", "split", "subset", "target_fps", "clips_per_video", "shard_size", "num_items",
+                "sample_shape", "vae_fingerprint")
+
+
+@dataclass
+class LatentCache:
+    """A finished latent cache. `dataset` is torch-formatted; `stats[part]` = {"mean": [...], "std": [...]}."""
+
+    dataset: datasets.Dataset
+    stats: dict
+    vae_config: dict
+    class_names: list[str]
+    manifest: dict
+
+
+def _fingerprint(vae: torch.nn.Module) -> str:
+    """Hash of the weights: a rerun with other weights must not extend a cache made with these."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for name, tensor in vae.state_dict().items():
+        hasher.update(name.encode())
+        hasher.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def _features(vae, class_names: list[str]) -> datasets.Features:
+    structure = datasets.Array4D(vae.structure_latent_shape, "float32")  # (d_S, n_q, h_S, w_S)
+    dynamics = datasets.Array3D(vae.dynamics_latent_shape, "float32")  # (d_D, t, w_D + h_D)
+    return datasets.Features({
+        "structure_mean": structure, "structure_std": structure, "dynamics_mean": dynamics, "dynamics_std": dynamics,
+        "label": datasets.ClassLabel(names=class_names), "caption": datasets.Value("string"),
+        "path": datasets.Value("string"), "clip_index": datasets.Value("int32"),
+    })
+
+
+@torch.inference_mode()
+def _encode_shard(vae, clips: UCF101Clips, indices: list[int], batch_size: int, num_workers: int,
+                  device: torch.device) -> tuple[dict, int]:
+    """Rows of one shard (column -> list/array) and the number of unreadable videos in it."""
+    loader = DataLoader(Subset(clips, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_clips)
+    columns = {key: [] for key in ("structure_mean", "structure_std", "dynamics_mean", "dynamics_std", "label",
+                                   "caption", "path", "clip_index")}
+    skipped = 0
+    for batch in loader:
+        skipped += batch["num_skipped"]
+        if batch["video"] is None:
+            continue
+        encoded = vae.encode(batch["video"].to(device))  # video (B, 3, T, H, W)
+        for part, dist in (("structure", encoded.structure_dist), ("dynamics", encoded.dynamics_dist)):
+            columns[f"{part}_mean"].append(dist.mean.float().cpu().numpy())
+            columns[f"{part}_std"].append(dist.std.float().cpu().numpy())
+        columns["label"] += batch["label"].tolist()
+        columns["caption"] += batch["caption"]
+        columns["path"] += batch["path"]
+        columns["clip_index"] += batch["clip_index"].tolist()
+    if columns["path"]:
+        for key in ("structure_mean", "structure_std", "dynamics_mean", "dynamics_std"):
+            columns[key] = np.concatenate(columns[key])  # (rows, C, ...)
+    return columns, skipped
+
+
+def _channel_stats(dataset: datasets.Dataset, column: str, chunk: int = 1024) -> dict:
+    """Mean/std per channel (axis 1 of the batched latents) over every clip and position, in float64."""
+    table = dataset.with_format("numpy", columns=[column])
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, len(table), chunk):
+        x = table[start : start + chunk][column].astype(np.float64)  # (B, C, ...)
+        x = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)  # (C, B * positions)
+        total, total_sq, count = total + x.sum(1), total_sq + (x * x).sum(1), count + x.shape[1]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def _write_json(path: Path, content: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(content, indent=2))
+    os.replace(temporary, path)
+
+
+def encode_dataset(
+    vae,
+    data_root,
+    output_dir,
+    split: int = 1,
+    subset: str = "train",
+    batch_size: int = 8,
+    target_fps: float | None = 8.0,
+    clips_per_video: int = 1,
+    device=None,
+    num_workers: int = 0,
+    shard_size: int = 256,
+) -> Path:
+    """Encode one split of a UCF-101-layout data set into a latent cache (see the module docstring).
+
+    Args:
+        vae: an `AutoencoderVidTwin`, or a folder `AutoencoderVidTwin.from_pretrained` reads.
+        data_root: data set root (see `load_ucf101`).
+        output_dir: cache folder; rerunning with the same arguments continues an interrupted run.
+        split, subset: which official list to encode.
+        batch_size: clips per encoder call.
+        target_fps: clip frame rate (None: every source frame).
+        clips_per_video: clips per video, evenly spread in time (1: the centred clip).
+        device: where to encode (the model is moved there and put in eval mode); default the model's device, or
+            CUDA if available for a model read from a folder.
+        num_workers: DataLoader workers decoding videos.
+        shard_size: clips per shard, the unit of restart.
+
+    Returns:
+        `output_dir`, to give `load_latent_cache`.
+    """
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
+    vae_path = None
+    if isinstance(vae, (str, Path)):
+        if not (Path(vae) / "config.json").is_file():
+            raise FileNotFoundError(f"{vae} is not an AutoencoderVidTwin folder (no config.json); give a folder written "
+                                    "by save_pretrained or `vidtwin-gen convert`")
+        vae_path = str(Path(vae).resolve())
+        vae = AutoencoderVidTwin.from_pretrained(vae_path)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device) if device is not None else vae.device
+    vae = vae.to(device).eval()
+    _, num_frames, height, width = vae.sample_shape
+    clips = UCF101Clips(data_root, split, subset, num_frames=num_frames, size=(height, width), target_fps=target_fps,
+                        train=False, clips_per_video=clips_per_video)
+    output_dir = Path(output_dir)
+    manifest_path = output_dir / MANIFEST
+    manifest = {
+        "data_root": str(Path(data_root).resolve()), "split": split, "subset": subset, "target_fps": target_fps,
+        "clips_per_video": clips_per_video, "shard_size": shard_size, "num_items": len(clips),
+        "sample_shape": list(vae.sample_shape), "vae_fingerprint": _fingerprint(vae), "vae_path": vae_path,
+        "class_names": clips.class_names, "complete": False,
+    }
+    if manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text())
+        changed = [key for key in _RESUME_KEYS if previous.get(key) != manifest[key]]
+        if changed:
+            raise ValueError(f"{output_dir} holds a latent cache made with other settings ({', '.join(changed)} differ); "
+                             "rerun with the same arguments to continue it, or choose another --output-dir")
+        if previous.get("complete"):
+            logger.info("latent cache %s is already complete", output_dir)
+            return output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(manifest_path, manifest)
+
+    shards_dir = output_dir / SHARDS_DIR
+    shards_dir.mkdir(exist_ok=True)
+    for stale in shards_dir.glob(".tmp-*"):  # left by an interrupted run
+        shutil.rmtree(stale)
+    features = _features(vae, clips.class_names)
+    num_shards = -(-len(clips) // shard_size)
+    for shard in range(num_shards):
+        final = shards_dir / f"shard-{shard:05d}"
+        if final.is_dir():
+            continue
+        indices = list(range(shard * shard_size, min(len(clips), (shard + 1) * shard_size)))
+        columns, skipped = _encode_shard(vae, clips, indices, batch_size, num_workers, device)
+        temporary = shards_dir / f".tmp-shard-{shard:05d}"
+        temporary.mkdir()
+        if columns["path"]:  # `datasets` cannot read back an empty saved dataset; a shard of only skips has none
+            datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(temporary / DATA_DIR))
+        _write_json(temporary / "shard.json", {"num_skipped": skipped, "num_rows": len(columns["path"])})
+        os.replace(temporary, final)  # the shard exists only once it is complete
+        logger.info("encoded shard %d/%d (%d clips, %d skipped)", shard + 1, num_shards, len(columns["path"]), skipped)
+
+    # Assemble, then compute the statistics from what was stored.
+    shards = [json.loads((shards_dir / f"shard-{shard:05d}" / "shard.json").read_text()) for shard in range(num_shards)]
+    num_skipped = sum(shard["num_skipped"] for shard in shards)
+    filled = [shards_dir / f"shard-{shard:05d}" / DATA_DIR for shard in range(num_shards) if shards[shard]["num_rows"]]
+    if not filled:
+        raise ValueError(f"none of the {len(clips)} clips of {data_root} split {split} {subset} could be decoded")
+    assembled = datasets.concatenate_datasets([datasets.load_from_disk(str(path)) for path in filled])
+    temporary = output_dir / (DATA_DIR + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    assembled.save_to_disk(str(temporary))
+    shutil.rmtree(output_dir / DATA_DIR, ignore_errors=True)
+    os.replace(temporary, output_dir / DATA_DIR)
+    stored = datasets.load_from_disk(str(output_dir / DATA_DIR))
+    stats = {part: _channel_stats(stored, f"{part}_mean") for part in PARTS}
+    stats["num_clips"] = len(stored)
+    _write_json(output_dir / STATS, stats)
+    _write_json(output_dir / VAE_CONFIG, json.loads(vae.to_json_string()))
+    _write_json(manifest_path, {**manifest, "complete": True, "num_rows": len(stored), "num_skipped": num_skipped})
+    shutil.rmtree(shards_dir)
+    if num_skipped:
+        logger.warning("skipped %d unreadable videos of %d clips in %s", num_skipped, len(clips), data_root)
+    logger.info("latent cache %s: %d clips, %d skipped", output_dir, len(stored), num_skipped)
+    return output_dir
+
+
+def load_latent_cache(path) -> LatentCache:
+    """Open a finished cache written by `encode_dataset`."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{path} is not a latent cache (no {MANIFEST}); make one with `vidtwin-gen encode-dataset`")
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("complete"):
+        raise ValueError(f"latent cache {path} is incomplete; rerun the same `vidtwin-gen encode-dataset` command to finish it")
+    dataset = datasets.load_from_disk(str(path / DATA_DIR)).with_format("torch")
+    return LatentCache(
+        dataset=dataset,
+        stats=json.loads((path / STATS).read_text()),
+        vae_config=json.loads((path / VAE_CONFIG).read_text()),
+        class_names=list(manifest["class_names"]),
+        manifest=manifest,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vidtwin-gen encode-dataset", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vae", required=True, help="AutoencoderVidTwin folder (save_pretrained / convert output)")
+    parser.add_argument("--data-root", required=True, help="UCF-101-layout root (UCF-101/ and ucfTrainTestlist/)")
+    parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
+    parser.add_argument("--subset", default="train", choices=("train", "test"))
+    parser.add_argument("--output-dir", required=True, help="cache folder; rerun the same command to continue")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--target-fps", type=float, default=8.0, help="clip frame rate; 0 keeps every source frame")
+    parser.add_argument("--clips-per-video", type=int, default=1)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding videos")
+    parser.add_argument("--shard-size", type=int, default=256, help="clips per shard (the unit of restart)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    datasets.disable_progress_bars()  # one bar per shard save is noise; the log reports each shard
+    try:
+        output = encode_dataset(args.vae, args.data_root, args.output_dir, split=args.split, subset=args.subset,
+                                batch_size=args.batch_size, target_fps=args.target_fps or None,
+                                clips_per_video=args.clips_per_video, device=args.device, num_workers=args.num_workers,
+                                shard_size=args.shard_size)
+    except (ValueError, OSError) as error:  # bad settings, wrong data root, unreadable VAE folder
+        parser.error(str(error))
+    manifest = json.loads((output / MANIFEST).read_text())
+    print(f"latent cache {output}: {manifest['num_rows']} clips, {manifest['num_skipped']} unreadable videos skipped")
+    return 0

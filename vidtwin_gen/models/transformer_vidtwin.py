@@ -1,0 +1,642 @@
+# Copyright 2026 The vidtwin-gen authors. MIT License.
+"""VidTwin latent DiT: a diffusion transformer over VidTwin's structure and dynamics latents.
+
+One clip's joint latent is two tensors (see `AutoencoderVidTwin`):
+
+    structure z_S (B, d_S, n_q, h_S, w_S)    a short "video" of n_q query-frames
+    dynamics  z_D (B, d_D, t, w_D + h_D)     per frame: w_D positions indexed by width, then h_D by height
+
+Each part is patchified with its own patch size (grids that do not divide are zero-padded at the end
+and cropped back on the way out). The dynamics tensor is cut into its width branch and its height
+branch first, so no patch straddles the two. Three token sets come out:
+
+    structure tokens   (B, N_S, D)   N_S = ceil(n_q / p_q) * ceil(h_S / p_h) * ceil(w_S / p_w)
+    width tokens       (B, N_W, D)   N_W = ceil(t / p_t) * ceil(w_D / p_p)
+    height tokens      (B, N_H, D)   N_H = ceil(t / p_t) * ceil(h_D / p_p)
+
+Each token gets a fixed 3-D sin-cos position (structure: (query, row, column); the width branch a
+one-row grid (frame, 0, column), the height branch a one-column grid (frame, row, 0), so a
+dynamics column shares its column code with the structure grid) plus a learned part embedding
+(structure / width / height). The concatenated sequence of N = N_S + N_W + N_H tokens runs through
+DiT blocks: adaLN-Zero from timestep + class (+ pooled text) embedding, full self-attention,
+optionally cross-attention to text-encoder states, MLP. A final adaLN and one zero-initialised
+linear head per part map tokens back to patches.
+
+Tokens per 16x224^2 clip with the "paper" preset (paper VAE at 0.20 %, d_S = 4, patch 1 everywhere):
+16*7*7 + 16*7 + 16*7 = 784 + 112 + 112 = 1,008 (a 4x8x8 VAE gives 4*28*28 = 3,136 latent positions,
+784 tokens at patch 2). Forward cost per clip at width 1152, 18 blocks, with text cross-attention
+(`benchmarks/bench_dit.py --flops-only`): 765 GFLOPs at patch 1; 274 GFLOPs with structure patch
+(1, 2, 2) and dynamics patch (1, 2) (384 tokens). Latte on the 4x8x8 latent with as many blocks:
+2,061 GFLOPs at patch 1, 501 at patch 2.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import (
+    PixArtAlphaTextProjection,
+    TimestepEmbedding,
+    Timesteps,
+    get_3d_sincos_pos_embed,
+)
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
+from diffusers.utils import BaseOutput
+
+# Named configurations. "paper": the paper's DiT size (18 layers, width 1152) on the paper VAE's
+# latents (AutoencoderVidTwin.from_preset("paper"), d_S = 4); "released": the same on the released
+# VAE's latents (d_S = 8); "tiny": a CPU size on AutoencoderVidTwin.from_preset("tiny")'s latents.
+# Conditioning (num_classes, text_embed_dim) and latent statistics are passed as overrides.
+VIDTWIN_TRANSFORMER_PRESETS = {
+    "paper": {},
+    "released": {"structure_latent_shape": (8, 16, 7, 7)},
+    "tiny": {
+        "structure_latent_shape": (4, 8, 2, 2),
+        "dynamics_latent_shape": (4, 8, 4),
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_attention_heads": 4,
+    },
+}
+
+def patchify(x: torch.Tensor, patch_size: tuple[int, ...]) -> torch.Tensor:
+    """(B, C, *S) -> (B, prod(ceil(S / p)), prod(p) * C), tokens row-major, channels fastest in a patch.
+
+    Each axis of S is zero-padded at its end up to a multiple of its patch size.
+    """
+    b, c, *size = x.shape
+    k = len(patch_size)
+    grid = [math.ceil(s / p) for s, p in zip(size, patch_size)]
+    padding = []
+    for s, p, g in zip(reversed(size), reversed(patch_size), reversed(grid)):
+        padding += [0, g * p - s]  # F.pad lists the last axis first
+    x = F.pad(x, padding)
+    x = x.reshape(b, c, *[n for g, p in zip(grid, patch_size) for n in (g, p)])  # (B, C, g1, p1, ..., gk, pk)
+    grid_axes = [2 + 2 * i for i in range(k)]
+    patch_axes = [3 + 2 * i for i in range(k)]
+    x = x.permute(0, *grid_axes, *patch_axes, 1)  # (B, g1, ..., gk, p1, ..., pk, C)
+    return x.reshape(b, math.prod(grid), math.prod(patch_size) * c)
+
+
+def unpatchify(tokens: torch.Tensor, patch_size: tuple[int, ...], size: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of `patchify`: (B, N, prod(p) * C) -> (B, C, *size), the padding cropped away."""
+    b = tokens.shape[0]
+    k = len(patch_size)
+    grid = [math.ceil(s / p) for s, p in zip(size, patch_size)]
+    c = tokens.shape[-1] // math.prod(patch_size)
+    x = tokens.reshape(b, *grid, *patch_size, c)  # (B, g1, ..., gk, p1, ..., pk, C)
+    x = x.permute(0, 2 * k + 1, *[n for i in range(k) for n in (1 + i, 1 + k + i)])  # (B, C, g1, p1, ...)
+    x = x.reshape(b, c, *[g * p for g, p in zip(grid, patch_size)])
+    return x[(slice(None), slice(None), *[slice(0, s) for s in size])]
+
+
+@dataclass
+class VidTwinTransformerOutput(BaseOutput):
+    """
+    Args:
+        structure: (B, d_S, n_q, h_S, w_S), the prediction for the structure latent.
+        dynamics: (B, d_D, t, w_D + h_D), the prediction for the dynamics latent.
+    """
+
+    structure: torch.Tensor
+    dynamics: torch.Tensor
+
+
+class VidTwinTransformerBlock(nn.Module):
+    """DiT block with adaLN-Zero, plus (for text conditioning) PixArt-style cross-attention.
+
+    self-attention (modulated, gated) -> cross-attention to the text (plain residual) -> MLP (modulated, gated).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, cross_attention: bool):
+        super().__init__()
+        self.norm1 = AdaLayerNormZero(dim)  # shift/scale/gate for attention and MLP from the conditioning
+        self.attn1 = Attention(query_dim=dim, heads=num_heads, dim_head=dim // num_heads, bias=True)
+        if cross_attention:
+            self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+            self.attn2 = Attention(
+                query_dim=dim, cross_attention_dim=dim, heads=num_heads, dim_head=dim // num_heads, bias=True
+            )
+        else:
+            self.norm2 = self.attn2 = None
+        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ff = FeedForward(dim, mult=mlp_ratio, activation_fn="gelu-approximate")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        conditioning: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # hidden_states (B, N, D); conditioning (B, D); encoder_hidden_states (B, L, D); bias (B, 1, L)
+        x, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=conditioning)
+        hidden_states = hidden_states + gate_msa[:, None] * self.attn1(x)
+        if self.attn2 is not None:
+            hidden_states = hidden_states + self.attn2(
+                self.norm2(hidden_states),
+                encoder_hidden_states=encoder_hidden_states,
+                attention_mask=encoder_attention_bias,
+            )
+        x = self.norm3(hidden_states) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        return hidden_states + gate_mlp[:, None] * self.ff(x)
+
+
+class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
+    r"""
+    Latent diffusion transformer over VidTwin's structure and dynamics latents.
+
+    Both parts go in and come out at their latent shapes; the output is the prediction in whatever
+    parameterisation the training uses (velocity eps - x0 for rectified flow, x0 or eps for DDPM).
+    With the "paper" preset one 16x224^2 clip is 1,008 tokens (see the module docstring).
+
+    Args:
+        structure_latent_shape: (d_S, n_q, h_S, w_S), `AutoencoderVidTwin.structure_latent_shape`.
+        dynamics_latent_shape: (d_D, t, w_D + h_D), `AutoencoderVidTwin.dynamics_latent_shape`.
+        dynamics_branch_sizes: (w_D, h_D), how the last dynamics axis splits into the width-indexed and
+            the height-indexed branch; None means two equal halves (a square token grid).
+        structure_patch_size: patch over (n_q, h_S, w_S); axes that do not divide are zero-padded.
+        dynamics_patch_size: patch over (t, position), applied to each branch separately.
+        hidden_size, num_layers, num_attention_heads, mlp_ratio: transformer size. hidden_size must be
+            divisible by 16 (3-D sin-cos positions) and by num_attention_heads.
+        num_classes: class-conditional with this many classes (0: no class input). The embedding table has
+            num_classes + 1 rows; the last, index `null_class_label`, is the learned "no class" for
+            classifier-free guidance.
+        text_embed_dim: width of the text encoder's hidden states for cross-attention (None: no text input).
+        pooled_text_embed_dim: width of the pooled text embedding added to the adaLN conditioning; None means
+            text_embed_dim.
+        structure_latent_mean, structure_latent_std: per-channel statistics of z_S over the training latents
+            (d_S numbers each; default 0 and 1), used by `normalize_latents`/`denormalize_latents`.
+        dynamics_latent_mean, dynamics_latent_std: the same for z_D (d_D numbers each).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["VidTwinTransformerBlock"]
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        structure_latent_shape: tuple[int, int, int, int] = (4, 16, 7, 7),
+        dynamics_latent_shape: tuple[int, int, int] = (8, 16, 14),
+        dynamics_branch_sizes: tuple[int, int] | None = None,
+        structure_patch_size: tuple[int, int, int] = (1, 1, 1),
+        dynamics_patch_size: tuple[int, int] = (1, 1),
+        hidden_size: int = 1152,
+        num_layers: int = 18,
+        num_attention_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 0,
+        text_embed_dim: int | None = None,
+        pooled_text_embed_dim: int | None = None,
+        structure_latent_mean: list[float] | None = None,
+        structure_latent_std: list[float] | None = None,
+        dynamics_latent_mean: list[float] | None = None,
+        dynamics_latent_std: list[float] | None = None,
+    ):
+        super().__init__()
+        structure_latent_shape = tuple(structure_latent_shape)
+        dynamics_latent_shape = tuple(dynamics_latent_shape)
+        structure_patch_size = tuple(structure_patch_size)
+        dynamics_patch_size = tuple(dynamics_patch_size)
+        problems = []
+        for name, value, length, axes in (
+            ("structure_latent_shape", structure_latent_shape, 4, "(d_S, n_q, h_S, w_S)"),
+            ("dynamics_latent_shape", dynamics_latent_shape, 3, "(d_D, t, w_D + h_D)"),
+            ("structure_patch_size", structure_patch_size, 3, "over (n_q, h_S, w_S)"),
+            ("dynamics_patch_size", dynamics_patch_size, 2, "over (t, position)"),
+        ):
+            if len(value) != length or min(value) < 1:
+                problems.append(f"{name} must be {length} positive sizes {axes}, got {value}")
+        if hidden_size % 16 or hidden_size % num_attention_heads:
+            problems.append(
+                f"hidden_size {hidden_size} must be divisible by 16 and by num_attention_heads {num_attention_heads}"
+            )
+        if num_classes < 0:
+            problems.append(f"num_classes must be >= 0 (0: no class conditioning), got {num_classes}")
+        if problems:
+            raise ValueError("Invalid VidTwinTransformer3DModel config: " + "; ".join(problems))
+
+        positions = dynamics_latent_shape[2]
+        if dynamics_branch_sizes is None:
+            if positions % 2:
+                raise ValueError(
+                    f"dynamics_latent_shape has {positions} positions, which do not split into two equal branches; "
+                    "pass dynamics_branch_sizes=(w_D, h_D)"
+                )
+            dynamics_branch_sizes = (positions // 2, positions // 2)
+        dynamics_branch_sizes = tuple(dynamics_branch_sizes)
+        if len(dynamics_branch_sizes) != 2 or min(dynamics_branch_sizes) < 1 or sum(dynamics_branch_sizes) != positions:
+            raise ValueError(
+                f"dynamics_branch_sizes must be (w_D, h_D) with w_D + h_D = {positions}, got {dynamics_branch_sizes}"
+            )
+
+        # Resolved statistics go back into the config so that a saved model states them explicitly.
+        stats = {}
+        for name, value, channels, default in (
+            ("structure_latent_mean", structure_latent_mean, structure_latent_shape[0], 0.0),
+            ("structure_latent_std", structure_latent_std, structure_latent_shape[0], 1.0),
+            ("dynamics_latent_mean", dynamics_latent_mean, dynamics_latent_shape[0], 0.0),
+            ("dynamics_latent_std", dynamics_latent_std, dynamics_latent_shape[0], 1.0),
+        ):
+            value = [default] * channels if value is None else [float(v) for v in value]
+            if len(value) != channels:
+                raise ValueError(f"{name} needs one number per channel ({channels}), got {len(value)}")
+            if name.endswith("std") and min(value) <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+            stats[name] = value
+        self.register_to_config(dynamics_branch_sizes=dynamics_branch_sizes, **stats)
+
+        self.structure_shape = structure_latent_shape
+        self.dynamics_shape = dynamics_latent_shape
+        self.dynamics_branch_sizes = dynamics_branch_sizes
+        self.structure_patch_size = structure_patch_size
+        self.dynamics_patch_size = dynamics_patch_size
+        d_s, n_q, h_s, w_s = structure_latent_shape
+        d_d, t, _ = dynamics_latent_shape
+        w_d, h_d = dynamics_branch_sizes
+
+        # Token grids after patchify, as (time-like, rows, columns).
+        structure_grid = tuple(math.ceil(s / p) for s, p in zip((n_q, h_s, w_s), structure_patch_size))
+        t_grid = math.ceil(t / dynamics_patch_size[0])
+        width_grid = (t_grid, 1, math.ceil(w_d / dynamics_patch_size[1]))
+        height_grid = (t_grid, math.ceil(h_d / dynamics_patch_size[1]), 1)
+        grids = (structure_grid, width_grid, height_grid)
+        self.token_counts = tuple(math.prod(g) for g in grids)  # (N_S, N_W, N_H)
+
+        # Input projections (a linear layer on flattened patches, as DiT's conv patch embedding).
+        self.structure_embed = nn.Linear(math.prod(structure_patch_size) * d_s, hidden_size)
+        self.dynamics_embed = nn.Linear(math.prod(dynamics_patch_size) * d_d, hidden_size)
+        pos_embed = torch.cat(
+            [get_3d_sincos_pos_embed(hidden_size, (g[2], g[1]), g[0]).reshape(-1, hidden_size) for g in grids]
+        )
+        self.register_buffer("pos_embed", pos_embed.float(), persistent=False)  # (N, D)
+        self.part_embed = nn.Parameter(torch.zeros(3, hidden_size))
+        part_ids = torch.cat([torch.full((n,), part) for part, n in enumerate(self.token_counts)])
+        self.register_buffer("part_ids", part_ids, persistent=False)  # (N,)
+
+        # Conditioning: everything is summed into one (B, D) vector that drives every adaLN.
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)  # DiT's frequency embedding
+        self.time_embed = TimestepEmbedding(256, hidden_size)
+        self.class_embed = nn.Embedding(num_classes + 1, hidden_size) if num_classes > 0 else None
+        if text_embed_dim is not None:
+            self.caption_projection = PixArtAlphaTextProjection(text_embed_dim, hidden_size)
+            self.pooled_text_proj = PixArtAlphaTextProjection(
+                pooled_text_embed_dim or text_embed_dim, hidden_size, act_fn="silu"
+            )
+        else:
+            self.caption_projection = self.pooled_text_proj = None
+
+        self.transformer_blocks = nn.ModuleList(
+            [
+                VidTwinTransformerBlock(hidden_size, num_attention_heads, mlp_ratio, text_embed_dim is not None)
+                for _ in range(num_layers)
+            ]
+        )
+        self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
+        self.structure_proj_out = nn.Linear(hidden_size, math.prod(structure_patch_size) * d_s)
+        self.dynamics_proj_out = nn.Linear(hidden_size, math.prod(dynamics_patch_size) * d_d)
+
+        self.gradient_checkpointing = False
+        self._init_weights()
+
+    def _init_weights(self):
+        # DiT's scheme: Xavier linears, N(0, 0.02) embeddings, adaLN modulation and output heads at zero,
+        # so every block starts as the identity and the model's first prediction is exactly 0.
+        # Cross-attention output projections start at zero too (PixArt-alpha).
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.part_embed, std=0.02)
+        nn.init.normal_(self.time_embed.linear_1.weight, std=0.02)
+        nn.init.normal_(self.time_embed.linear_2.weight, std=0.02)
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=0.02)
+        for projection in (self.caption_projection, self.pooled_text_proj):
+            if projection is not None:
+                nn.init.normal_(projection.linear_1.weight, std=0.02)
+                nn.init.normal_(projection.linear_2.weight, std=0.02)
+        for block in self.transformer_blocks:
+            nn.init.zeros_(block.norm1.linear.weight)
+            nn.init.zeros_(block.norm1.linear.bias)
+            if block.attn2 is not None:
+                nn.init.zeros_(block.attn2.to_out[0].weight)
+                nn.init.zeros_(block.attn2.to_out[0].bias)
+        for layer in (self.norm_out.linear, self.structure_proj_out, self.dynamics_proj_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VidTwinTransformer3DModel":
+        """Build a randomly initialised model from a named configuration: one of `VIDTWIN_TRANSFORMER_PRESETS`."""
+        if name not in VIDTWIN_TRANSFORMER_PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(VIDTWIN_TRANSFORMER_PRESETS)}")
+        return cls(**{**VIDTWIN_TRANSFORMER_PRESETS[name], **overrides})
+
+    # ------------------------------------------------------------------ tokens
+
+    @property
+    def num_tokens(self) -> int:
+        """Length of the joint token sequence for one clip."""
+        return sum(self.token_counts)
+
+    @property
+    def null_class_label(self) -> int:
+        """The class index meaning "no class" (the learned unconditional embedding)."""
+        if self.class_embed is None:
+            raise ValueError("this model is not class-conditional (num_classes=0): it has no null class")
+        return self.config.num_classes
+
+    def patchify_latents(
+        self, structure: torch.Tensor, dynamics: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, d_S, n_q, h_S, w_S), (B, d_D, t, w_D + h_D) -> structure (B, N_S, p_S*d_S),
+        width-branch (B, N_W, p_D*d_D) and height-branch (B, N_H, p_D*d_D) patch tokens."""
+        by_width, by_height = dynamics.split(self.dynamics_branch_sizes, dim=-1)
+        return (
+            patchify(structure, self.structure_patch_size),
+            patchify(by_width, self.dynamics_patch_size),
+            patchify(by_height, self.dynamics_patch_size),
+        )
+
+    def unpatchify_latents(
+        self, structure: torch.Tensor, by_width: torch.Tensor, by_height: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of `patchify_latents`."""
+        _, n_q, h_s, w_s = self.structure_shape
+        t = self.dynamics_shape[1]
+        w_d, h_d = self.dynamics_branch_sizes
+        structure = unpatchify(structure, self.structure_patch_size, (n_q, h_s, w_s))
+        dynamics = torch.cat(
+            [
+                unpatchify(by_width, self.dynamics_patch_size, (t, w_d)),
+                unpatchify(by_height, self.dynamics_patch_size, (t, h_d)),
+            ],
+            dim=-1,
+        )
+        return structure, dynamics
+
+    # ------------------------------------------------------------------ latent statistics
+
+    def _affine(self, x: torch.Tensor, part: str, inverse: bool) -> torch.Tensor:
+        # Per-channel statistics broadcast over (B, C, ...); computed in float32, returned in x's dtype.
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        mean = torch.tensor(self.config[f"{part}_latent_mean"], device=x.device).view(shape)
+        std = torch.tensor(self.config[f"{part}_latent_std"], device=x.device).view(shape)
+        out = x.float() * std + mean if inverse else (x.float() - mean) / std
+        return out.to(x.dtype)
+
+    def normalize_latents(
+        self, structure: torch.Tensor, dynamics: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE latents -> the model's unit-scale space: (z - mean) / std per channel, for each part."""
+        self._check_latents(structure, dynamics)
+        return self._affine(structure, "structure", False), self._affine(dynamics, "dynamics", False)
+
+    def denormalize_latents(
+        self, structure: torch.Tensor, dynamics: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of `normalize_latents`: z * std + mean per channel, back to the VAE's latent space."""
+        self._check_latents(structure, dynamics)
+        return self._affine(structure, "structure", True), self._affine(dynamics, "dynamics", True)
+
+    # ------------------------------------------------------------------ conditioning
+
+    def drop_conditions(
+        self,
+        prob: float,
+        class_labels: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        pooled_text_embeds: torch.Tensor | None = None,
+        null_encoder_hidden_states: torch.Tensor | None = None,
+        null_encoder_attention_mask: torch.Tensor | None = None,
+        null_pooled_text_embeds: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """Replace each sample's condition by the null condition with probability `prob` (classifier-free
+        guidance training).
+
+        One draw per sample decides for all its conditions together: a dropped sample gets the null class
+        (`null_class_label`) and the empty prompt's text states. The empty prompt is the text encoder's
+        output for "" and is passed in as `null_*` tensors of batch size 1 and the same sequence length L.
+
+        Returns:
+            a dict with `class_labels`, `encoder_hidden_states`, `encoder_attention_mask` and
+            `pooled_text_embeds`, ready to pass to `forward` as keyword arguments.
+        """
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}")
+        present = [x for x in (class_labels, encoder_hidden_states) if x is not None]
+        if not present:
+            raise ValueError("pass class_labels and/or encoder_hidden_states to drop")
+        batch_size, device = present[0].shape[0], present[0].device
+        draw = torch.rand(batch_size, generator=generator, device=generator.device if generator else device)
+        drop = draw.to(device) < prob  # (B,)
+
+        if class_labels is not None:
+            class_labels = torch.where(drop, self.null_class_label, class_labels)
+        if encoder_hidden_states is not None:
+            if null_encoder_hidden_states is None:
+                raise ValueError(
+                    "dropping text needs the empty prompt's encoding: pass null_encoder_hidden_states (1, L, D) "
+                    "(and null_encoder_attention_mask / null_pooled_text_embeds alongside their batch tensors)"
+                )
+            if null_encoder_hidden_states.shape[1:] != encoder_hidden_states.shape[1:]:
+                raise ValueError(
+                    f"null_encoder_hidden_states {tuple(null_encoder_hidden_states.shape)} must be (1, L, D) with "
+                    f"the batch's L and D {tuple(encoder_hidden_states.shape[1:])}; pad the empty prompt to L"
+                )
+            encoder_hidden_states = torch.where(drop[:, None, None], null_encoder_hidden_states, encoder_hidden_states)
+            for name, value, null in (
+                ("encoder_attention_mask", encoder_attention_mask, null_encoder_attention_mask),
+                ("pooled_text_embeds", pooled_text_embeds, null_pooled_text_embeds),
+            ):
+                if (value is None) != (null is None):
+                    raise ValueError(f"pass {name} and null_{name} together, or neither")
+            if encoder_attention_mask is not None:
+                encoder_attention_mask = torch.where(drop[:, None], null_encoder_attention_mask, encoder_attention_mask)
+            if pooled_text_embeds is not None:
+                pooled_text_embeds = torch.where(drop[:, None], null_pooled_text_embeds, pooled_text_embeds)
+        return {
+            "class_labels": class_labels,
+            "encoder_hidden_states": encoder_hidden_states,
+            "encoder_attention_mask": encoder_attention_mask,
+            "pooled_text_embeds": pooled_text_embeds,
+        }
+
+    def _conditioning(
+        self,
+        timestep: torch.Tensor | float,
+        batch_size: int,
+        class_labels: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor | None,
+        encoder_attention_mask: torch.Tensor | None,
+        pooled_text_embeds: torch.Tensor | None,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """-> adaLN conditioning (B, D), projected text states (B, L, D), cross-attention bias (B, 1, L)."""
+        timestep = torch.as_tensor(timestep, device=device)
+        if timestep.ndim == 0 or timestep.shape == (1,):
+            timestep = timestep.reshape(1).expand(batch_size)
+        if timestep.shape != (batch_size,):
+            raise ValueError(f"timestep must be a scalar or of shape ({batch_size},), got {tuple(timestep.shape)}")
+        conditioning = self.time_embed(self.time_proj(timestep).to(dtype))  # (B, D)
+
+        if self.class_embed is not None:
+            if class_labels is None:
+                raise ValueError(
+                    f"this model is class-conditional (num_classes={self.config.num_classes}): pass class_labels "
+                    f"(B,), using {self.null_class_label} (null_class_label) for unconditional samples"
+                )
+            class_labels = torch.as_tensor(class_labels, device=device)
+            if class_labels.shape != (batch_size,) or class_labels.is_floating_point():
+                raise ValueError(
+                    f"class_labels must be integers of shape ({batch_size},), got {tuple(class_labels.shape)}"
+                )
+            if class_labels.min() < 0 or class_labels.max() > self.null_class_label:
+                raise ValueError(
+                    f"class_labels must be in [0, {self.config.num_classes - 1}] or {self.null_class_label} (null)"
+                )
+            conditioning = conditioning + self.class_embed(class_labels)
+        elif class_labels is not None:
+            raise ValueError("this model has no class conditioning (num_classes=0); do not pass class_labels")
+
+        if self.caption_projection is None:
+            if encoder_hidden_states is not None or pooled_text_embeds is not None:
+                raise ValueError("this model has no text conditioning (text_embed_dim=None); do not pass text inputs")
+            return conditioning, None, None
+
+        text_dim = self.config.text_embed_dim
+        if encoder_hidden_states is None:
+            raise ValueError(
+                "this model is text-conditional: pass encoder_hidden_states (B, L, "
+                f"{text_dim}), the empty prompt's encoding for unconditional samples"
+            )
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[::2] != (batch_size, text_dim):  # (B, D)
+            raise ValueError(
+                f"encoder_hidden_states must be ({batch_size}, L, {text_dim}), got {tuple(encoder_hidden_states.shape)}"
+            )
+        length = encoder_hidden_states.shape[1]
+        if encoder_attention_mask is not None and encoder_attention_mask.shape != (batch_size, length):
+            raise ValueError(
+                f"encoder_attention_mask must be ({batch_size}, {length}) (1 keep, 0 padding), "
+                f"got {tuple(encoder_attention_mask.shape)}"
+            )
+        pooled_dim = self.config.pooled_text_embed_dim or text_dim
+        if pooled_text_embeds is None:
+            # Masked mean of the token states: the sentence embedding of mean-pooling encoders (MiniLM).
+            if pooled_dim != text_dim:
+                raise ValueError(
+                    f"pass pooled_text_embeds (B, {pooled_dim}); it cannot be derived from the {text_dim}-wide "
+                    "encoder_hidden_states"
+                )
+            weights = (
+                torch.ones(batch_size, length, 1, device=device)
+                if encoder_attention_mask is None
+                else encoder_attention_mask.to(device=device, dtype=torch.float32)[..., None]
+            )
+            pooled_text_embeds = (encoder_hidden_states.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+        if pooled_text_embeds.shape != (batch_size, pooled_dim):
+            raise ValueError(
+                f"pooled_text_embeds must be ({batch_size}, {pooled_dim}), got {tuple(pooled_text_embeds.shape)}"
+            )
+        conditioning = conditioning + self.pooled_text_proj(pooled_text_embeds.to(dtype))
+        context = self.caption_projection(encoder_hidden_states.to(dtype))  # (B, L, D)
+
+        bias = None
+        if encoder_attention_mask is not None:
+            # An additive bias rather than a boolean mask: a fully padded row then attends uniformly
+            # instead of producing NaN.
+            bias = (1 - encoder_attention_mask.to(dtype)) * -10000.0
+            bias = bias[:, None, :]  # (B, 1, L)
+        return conditioning, context, bias
+
+    # ------------------------------------------------------------------ forward
+
+    def _check_latents(self, structure: torch.Tensor, dynamics: torch.Tensor) -> None:
+        if (
+            structure.ndim != 5
+            or dynamics.ndim != 4
+            or tuple(structure.shape[1:]) != self.structure_shape
+            or tuple(dynamics.shape[1:]) != self.dynamics_shape
+            or structure.shape[0] != dynamics.shape[0]
+        ):
+            raise ValueError(
+                f"expected structure (B, {', '.join(map(str, self.structure_shape))}) and dynamics "
+                f"(B, {', '.join(map(str, self.dynamics_shape))}) with the same B, got {tuple(structure.shape)} and "
+                f"{tuple(dynamics.shape)}; the model's latent shapes come from its config"
+            )
+
+    def forward(
+        self,
+        structure: torch.Tensor,
+        dynamics: torch.Tensor,
+        timestep: torch.Tensor | float,
+        class_labels: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        pooled_text_embeds: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> VidTwinTransformerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            structure: noisy normalised structure latent (B, d_S, n_q, h_S, w_S).
+            dynamics: noisy normalised dynamics latent (B, d_D, t, w_D + h_D).
+            timestep: scalar or (B,), in [0, 1000] (rectified flow: sigma * 1000; DDPM: the integer step).
+            class_labels: (B,) integers in [0, num_classes - 1], or `null_class_label` for "no class".
+                Required exactly when num_classes > 0.
+            encoder_hidden_states: (B, L, text_embed_dim) text-encoder states; required exactly when the
+                model has text conditioning (use the empty prompt's encoding for unconditional samples).
+            encoder_attention_mask: (B, L), 1 for tokens to attend to, 0 for padding.
+            pooled_text_embeds: (B, pooled_text_embed_dim); if None, the masked mean of encoder_hidden_states.
+            return_dict: return a `VidTwinTransformerOutput` rather than a tuple.
+
+        Returns:
+            `VidTwinTransformerOutput` with `structure` and `dynamics` predictions of the input shapes.
+        """
+        self._check_latents(structure, dynamics)
+        dtype = self.structure_embed.weight.dtype
+        batch_size, device = structure.shape[0], structure.device
+        conditioning, context, context_bias = self._conditioning(
+            timestep, batch_size, class_labels, encoder_hidden_states, encoder_attention_mask,
+            pooled_text_embeds, dtype, device,
+        )
+
+        structure_tokens, width_tokens, height_tokens = self.patchify_latents(structure.to(dtype), dynamics.to(dtype))
+        hidden_states = torch.cat(
+            [
+                self.structure_embed(structure_tokens),
+                self.dynamics_embed(width_tokens),
+                self.dynamics_embed(height_tokens),
+            ],
+            dim=1,
+        )  # (B, N, D)
+        hidden_states = hidden_states + (self.pos_embed + self.part_embed[self.part_ids]).to(dtype)
+
+        for block in self.transformer_blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden_states = self._gradient_checkpointing_func(
+                    block, hidden_states, conditioning, context, context_bias
+                )
+            else:
+                hidden_states = block(hidden_states, conditioning, context, context_bias)
+
+        hidden_states = self.norm_out(hidden_states, conditioning)
+        structure_tokens, width_tokens, height_tokens = hidden_states.split(self.token_counts, dim=1)
+        structure, dynamics = self.unpatchify_latents(
+            self.structure_proj_out(structure_tokens),
+            self.dynamics_proj_out(width_tokens),
+            self.dynamics_proj_out(height_tokens),
+        )
+        if not return_dict:
+            return structure, dynamics
+        return VidTwinTransformerOutput(structure=structure, dynamics=dynamics)

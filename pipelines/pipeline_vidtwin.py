@@ -184,6 +184,7 @@ class VidTwinPipeline(DiffusionPipeline):
     def latent_size(self) -> int:
         return self.vae.latent_size
 
+    @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """Packed joint latent (B, N) of clips (B, 3, T, H, W) in [-1, 1]: the posterior mean."""
         return self.vae.encode(video.to(self._execution_device)).latent_dist.mode()
@@ -236,6 +237,7 @@ class VidTwinPipeline(DiffusionPipeline):
             parts[part] = clean if timestep is None else self._noised(clean, noise_parts[part], timestep)
         return self.vae.pack_latents(parts["structure"], parts["dynamics"])
 
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, output_type: str = "np", part: str | None = None):
         """Packed VAE-space latents (B, N) -> frames in `output_type`; `part` decodes one part alone."""
         video = self.vae.decode(latents.to(self.vae.dtype), part=part).sample.float().clamp(-1, 1)
@@ -368,7 +370,9 @@ class VidTwinPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(prediction, timestep, latents, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
-                    callback_kwargs = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_kwargs = {}
+                    for name in callback_on_step_end_tensor_inputs:  # not a comprehension: it has its own locals()
+                        callback_kwargs[name] = locals()[name]
                     callback_outputs = callback_on_step_end(self, step, timestep, callback_kwargs)
                     latents = callback_outputs.pop("latents", latents)
                 progress_bar.update()

@@ -3,16 +3,9 @@
 import pytest
 import torch
 
+from helpers import perturb_
+
 from vidtwin_gen import AutoencoderVidTwin
-
-
-def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
-    """Move every parameter off its init so that no path is trivially zero (zero-init projections)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
-    return model
 
 
 def tiny(**overrides) -> AutoencoderVidTwin:

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from helpers import perturb_
+
 from vidtwin_gen.models.autoencoder_vidtwin import AutoencoderVidTwin
 from vidtwin_gen.models.transformer_vidtwin import (
     VIDTWIN_TRANSFORMER_PRESETS,
@@ -33,15 +35,6 @@ def text(batch_size: int, length: int = 5, seed: int = 1):
     mask = torch.ones(batch_size, length, dtype=torch.long)
     mask[:, length - 2 :] = 0  # the last two tokens are padding
     return states, mask
-
-
-@torch.no_grad()
-def perturb(model: VidTwinTransformer3DModel, scale: float = 0.05, seed: int = 0) -> VidTwinTransformer3DModel:
-    """Move every parameter off its init (adaLN-Zero would otherwise hide most of the network)."""
-    generator = torch.Generator().manual_seed(seed)
-    for parameter in model.parameters():
-        parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
-    return model
 
 
 # ---------------------------------------------------------------------------------------------- patchify
@@ -141,7 +134,7 @@ def test_zero_init_output_shapes_and_timestep_forms():
     assert len(block_changes) == len(model.transformer_blocks) and max(block_changes) == 0
     assert torch.count_nonzero(out.structure) == 0 and torch.count_nonzero(out.dynamics) == 0
 
-    perturb(model)
+    perturb_(model)
     with torch.no_grad():
         scalar = model(structure, dynamics, 500, **kwargs)
         batched = model(structure, dynamics, torch.tensor([500, 500]), **kwargs)
@@ -152,7 +145,7 @@ def test_zero_init_output_shapes_and_timestep_forms():
 
 
 def test_class_conditioning_and_null_class():
-    model = perturb(tiny(num_classes=4)).eval()
+    model = perturb_(tiny(num_classes=4)).eval()
     assert model.null_class_label == 4 and model.class_embed.num_embeddings == 5
     structure, dynamics = latents(model, 1)
     with torch.no_grad():
@@ -165,7 +158,7 @@ def test_class_conditioning_and_null_class():
 
 
 def test_text_conditioning_respects_mask_and_pooling():
-    model = perturb(tiny(text_embed_dim=TEXT_DIM)).eval()
+    model = perturb_(tiny(text_embed_dim=TEXT_DIM)).eval()
     structure, dynamics = latents(model, 2)
     states, mask = text(2)
     with torch.no_grad():
@@ -249,14 +242,14 @@ def test_gradients_at_init_and_after_leaving_it():
         assert nonzero == (name in heads), f"{name}: gradient {'present' if nonzero else 'missing'} at init"
 
     model.zero_grad(set_to_none=True)
-    perturb(model)
+    perturb_(model)
     _loss(model, structure, dynamics, labels, states, mask).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
     assert not missing, f"no gradient reaches {missing}"
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    model = perturb(tiny(num_classes=3, text_embed_dim=TEXT_DIM))
+    model = perturb_(tiny(num_classes=3, text_embed_dim=TEXT_DIM))
     structure, dynamics = latents(model, 4)
     states, mask = text(4)
     labels = torch.tensor([0, 1, 2, 3])
@@ -271,7 +264,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_save_load_round_trip(tmp_path):
-    model = perturb(
+    model = perturb_(
         tiny(
             num_classes=3, text_embed_dim=TEXT_DIM, structure_patch_size=(2, 1, 1), dynamics_patch_size=(1, 2),
             structure_latent_mean=[0.1, -0.2, 0.3, 0.0], structure_latent_std=[1.5, 2.0, 0.5, 1.0],
@@ -294,7 +287,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_bfloat16_forward():
-    model = perturb(tiny(num_classes=3, text_embed_dim=TEXT_DIM)).eval()
+    model = perturb_(tiny(num_classes=3, text_embed_dim=TEXT_DIM)).eval()
     structure, dynamics = latents(model, 2)
     states, mask = text(2)
     kwargs = dict(class_labels=torch.tensor([0, 2]), encoder_hidden_states=states, encoder_attention_mask=mask)

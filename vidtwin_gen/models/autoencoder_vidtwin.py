@@ -744,12 +744,13 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
             raise ValueError(f"part must be one of {DECODE_PARTS}, got {part!r}")
         if not torch.isfinite(z).all():
             raise ValueError("the latent contains NaN or Inf values")
-        z = z.to(self.patch_embed.weight.dtype)
-        if self.use_slicing and z.shape[0] > 1:
-            video = torch.cat([self._decode(zi, part, num_frames) for zi in z.split(1)])
-        else:
-            video = self._decode(z, part, num_frames)
+        video = self._decode_batch(z.to(self.patch_embed.weight.dtype), part, num_frames)
         return DecoderOutput(sample=video) if return_dict else (video,)
+
+    def _decode_batch(self, z: torch.Tensor, part: str | None, num_frames: int | None) -> torch.Tensor:
+        if self.use_slicing and z.shape[0] > 1:
+            return torch.cat([self._decode(zi, part, num_frames) for zi in z.split(1)])
+        return self._decode(z, part, num_frames)
 
     def forward(
         self,
@@ -765,7 +766,8 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         """
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
-        video = self.decode(z, part=part, num_frames=sample.shape[2]).sample
+        # No input checks on z here: a diverging training run must reach its loss check, not stop at the latent.
+        video = self._decode_batch(z, part, sample.shape[2])
         return VidTwinDecoderOutput(sample=video, latent_dist=posterior) if return_dict else (video,)
 
     def reenact(self, structure_video: torch.Tensor, dynamics_video: torch.Tensor) -> DecoderOutput:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,15 @@ from ..generate import export_videos
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from ..models.transformer_vidtwin import VidTwinTransformer3DModel
 from ..pipelines.pipeline_vidtwin import VidTwinPipeline, encode_prompt
-from .checkpointing import checkpoint_step, list_checkpoints, replace_directory, resolve_resume, save_checkpoint
+from .checkpointing import (
+    checkpoint_step,
+    non_finite_message,
+    quiet_accelerate_logs,
+    time_is_up,
+    replace_directory,
+    resolve_resume,
+    save_checkpoint,
+)
 from .config import parse_config, save_config
 from .train_vae import frame_strip
 
@@ -70,6 +79,7 @@ class TrainDiTConfig:
     # optimisation
     train_batch_size: int = 32
     max_train_steps: int = 1000
+    max_train_minutes: float | None = field(default=None, metadata={"help": "also stop (checkpoint, validate, export) after this wall time"})
     learning_rate: float = 1e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -192,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_accelerate_logs()
     set_seed(config.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -312,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         return VidTwinPipeline(vae=vae, transformer=model, scheduler=sampling_scheduler, text_encoder=text_encoder,
                                tokenizer=tokenizer, id2label=id2label)
 
+    started, last_step = time.monotonic(), False
     progress = tqdm(range(config.max_train_steps), initial=global_step, desc="train dit",
                     disable=not accelerator.is_local_main_process)
     structure_size = math.prod(model.config.structure_latent_shape)
@@ -335,12 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 prediction = torch.cat([prediction.structure.flatten(1), prediction.dynamics.flatten(1)], dim=1)
                 loss = F.mse_loss(prediction.float(), target.float())
                 if not math.isfinite(accelerator.reduce(loss.detach(), "mean").item()):
-                    checkpoints = list_checkpoints(output_dir)
-                    last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
-                    raise FloatingPointError(
-                        f"non-finite loss ({loss.item()}) at step {global_step}; stopping before it reaches the weights. "
-                        f"{last}; resume from it with a lower learning_rate or mixed_precision=no"
-                    )
+                    raise FloatingPointError(non_finite_message(loss.item(), global_step, output_dir))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(transformer.parameters(), config.max_grad_norm)
@@ -358,15 +365,16 @@ def main(argv: list[str] | None = None) -> int:
                 logs = {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
                 progress.set_postfix(loss=f"{logs['loss']:.4g}")
                 accelerator.log(logs, step=global_step)
-            if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
+            last_step = global_step >= config.max_train_steps or time_is_up(started, config.max_train_minutes, accelerator)
+            if global_step % config.checkpointing_steps == 0 or last_step:
                 save_checkpoint(accelerator, output_dir, global_step, config.checkpoints_total_limit)
-            if global_step % config.validation_steps == 0 or global_step == config.max_train_steps:
+            if global_step % config.validation_steps == 0 or last_step:
                 if accelerator.is_main_process:
                     sample(make_pipeline(), ema, model, validation_conditions, config, global_step, accelerator)
                 accelerator.wait_for_everyone()
-            if global_step >= config.max_train_steps:
+            if last_step:
                 break
-        if global_step >= config.max_train_steps:
+        if last_step:
             break
 
     accelerator.wait_for_everyone()

@@ -12,6 +12,7 @@ in `output_dir/vae` (EMA weights when `use_ema`).
 import logging
 import math
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,15 @@ from ..data.ucf101 import UCF101Clips, collate_clips
 from ..evaluation.metrics import psnr, ssim, to_unit_range
 from ..generate import export_videos
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
-from .checkpointing import checkpoint_step, replace_directory, resolve_resume, save_checkpoint
+from .checkpointing import (
+    checkpoint_step,
+    non_finite_message,
+    quiet_accelerate_logs,
+    replace_directory,
+    resolve_resume,
+    save_checkpoint,
+    time_is_up,
+)
 from .config import parse_config, save_config
 from .vae_loss import VidTwinLoss
 
@@ -59,6 +68,7 @@ class TrainVAEConfig:
     # optimisation
     train_batch_size: int = field(default=4, metadata={"help": "clips per device and step"})
     max_train_steps: int = 1000
+    max_train_minutes: float | None = field(default=None, metadata={"help": "also stop (checkpoint, validate, export) after this wall time"})
     learning_rate: float = 1.6e-4
     disc_learning_rate: float | None = field(default=None, metadata={"help": "defaults to learning_rate"})
     adam_beta1: float = 0.9
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_accelerate_logs()
     set_seed(config.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -210,9 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     first_epoch = global_step // updates_per_epoch
     batches_to_skip = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
 
-    validation_clips = torch.stack([validation_set[i]["video"] for i in range(min(config.num_validation_clips, len(validation_set)))
-                                    if validation_set[i] is not None]) if accelerator.is_main_process else None
+    validation_clips = None
+    if accelerator.is_main_process:
+        items = [validation_set[i] for i in range(min(config.num_validation_clips, len(validation_set)))]
+        videos = [item["video"] for item in items if item is not None]  # unreadable files are logged and skipped
+        validation_clips = torch.stack(videos) if videos else None
+        if validation_clips is None:
+            logger.warning("no readable held-out clips in the split's test list: validation is off")
     last_layer = accelerator.unwrap_model(vae).head.linear.weight
+    started, last_step = time.monotonic(), False
     progress = tqdm(range(config.max_train_steps), initial=global_step, desc="train vae",
                     disable=not accelerator.is_local_main_process)
     skipped_total = 0
@@ -236,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                         video, reconstruction, output.latent_dist.kl(), global_step, last_layer
                     )
                 if not math.isfinite(accelerator.reduce(loss.detach(), "mean").item()):
-                    raise FloatingPointError(_non_finite_message(loss, global_step, output_dir))
+                    raise FloatingPointError(non_finite_message(loss.item(), global_step, output_dir))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     # The log-variance is in no prepared model: average its gradient across processes by hand.
@@ -268,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
                 logs["lr"] = lr_scheduler.get_last_lr()[0]
                 progress.set_postfix(loss=f"{logs['loss']:.4g}", l1=f"{logs['rec_l1']:.4g}")
                 accelerator.log(logs, step=global_step)
-            if global_step % config.checkpointing_steps == 0 or global_step == config.max_train_steps:
+            last_step = global_step >= config.max_train_steps or time_is_up(started, config.max_train_minutes, accelerator)
+            if global_step % config.checkpointing_steps == 0 or last_step:
                 save_checkpoint(accelerator, output_dir, global_step, config.checkpoints_total_limit)
-            if global_step % config.validation_steps == 0 or global_step == config.max_train_steps:
-                if accelerator.is_main_process:
+            if global_step % config.validation_steps == 0 or last_step:
+                if accelerator.is_main_process and validation_clips is not None:
                     unwrapped = accelerator.unwrap_model(vae)
                     if ema is not None:
                         ema.store(unwrapped.parameters())
@@ -282,13 +300,13 @@ def main(argv: list[str] | None = None) -> int:
                     accelerator.log(metrics, step=global_step)
                     logger.info("step %d: %s", global_step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 accelerator.wait_for_everyone()
-            if global_step >= config.max_train_steps:
+            if last_step:
                 break
         skipped = int(accelerator.reduce(torch.tensor(skipped, device=accelerator.device), "sum").item())
         if skipped:
             logger.warning("epoch %d: skipped %d unreadable video(s)", epoch, skipped)
         skipped_total += skipped
-        if global_step >= config.max_train_steps:
+        if last_step:
             break
 
     accelerator.wait_for_everyone()
@@ -303,17 +321,6 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("saved %s (%d unreadable video(s) skipped in total)", output_dir / "vae", skipped_total)
     accelerator.end_training()
     return 0
-
-
-def _non_finite_message(loss: torch.Tensor, step: int, output_dir: Path) -> str:
-    from .checkpointing import list_checkpoints
-
-    checkpoints = list_checkpoints(output_dir)
-    last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
-    return (
-        f"non-finite loss ({loss.item()}) at step {step}; stopping before it reaches the weights. {last}; resume from "
-        "it with a lower learning_rate, a longer lr_warmup_steps, or mixed_precision=no"
-    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""train_dit: class/text conditioning, both objectives, cache or on-the-fly latents, kill-and-resume equality."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+from vidtwin_gen import AutoencoderVidTwin, VidTwinPipeline, VidTwinTransformer3DModel
+from vidtwin_gen.data import encode_dataset, load_latent_cache
+from vidtwin_gen.training.train_dit import main
+
+
+@pytest.fixture(scope="module")
+def vae_and_cache(embedded_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dit")
+    torch.manual_seed(0)
+    AutoencoderVidTwin.from_preset("tiny", sample_size=32, num_frames=8, patch_size=8).save_pretrained(root / "vae")
+    encode_dataset(root / "vae", embedded_root, root / "cache", batch_size=4)
+    return root / "vae", root / "cache"
+
+
+def arguments(vae: Path, output_dir: Path, **overrides) -> list[str]:
+    options = {
+        "vae": vae, "model": "{preset: tiny}", "train_batch_size": 4, "max_train_steps": 4, "learning_rate": 1e-3,
+        "lr_warmup_steps": 1, "checkpointing_steps": 2, "validation_steps": 100, "num_inference_steps": 2,
+        "dataloader_num_workers": 0, "report_to": "none", "output_dir": output_dir, **overrides,
+    }
+    return [item for key, value in options.items() for item in (f"--{key}", str(value))]
+
+
+def test_class_conditional_run_exports_a_pipeline(vae_and_cache, tmp_path):
+    vae, cache = vae_and_cache
+    out = tmp_path / "run"
+    assert main(arguments(vae, out, latent_cache=cache, validation_steps=4)) == 0
+    assert sorted(p.name for p in (out / "samples" / "step-4").glob("*.mp4")) == [
+        "00_RedSquareDrift.mp4", "01_RedSquareSpin.mp4", "02_BlueCircleBounce.mp4"
+    ]
+    pipe = VidTwinPipeline.from_pretrained(out / "pipeline")
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert pipe.labels == {"RedSquareDrift": 0, "RedSquareSpin": 1, "BlueCircleBounce": 2}
+    stats = load_latent_cache(cache).stats
+    assert pipe.transformer.config.structure_latent_mean == pytest.approx(stats["structure"]["mean"])
+    frames = pipe(class_labels=["RedSquareSpin"], num_inference_steps=2, output_type="np").frames
+    assert frames.shape == (1, 8, 32, 32, 3)
+
+
+def test_text_conditioning_and_the_paper_objective(vae_and_cache, tmp_path):
+    vae, cache = vae_and_cache
+    out = tmp_path / "run"
+    assert main(arguments(vae, out, latent_cache=cache, conditioning="text", objective="x0", max_train_steps=2)) == 0
+    pipe = VidTwinPipeline.from_pretrained(out / "pipeline")
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.prediction_type == "sample"
+    assert pipe.is_text_conditional and not pipe.is_class_conditional
+    assert pipe.transformer.config.text_embed_dim == pipe.text_encoder.config.hidden_size == 384
+    frames = pipe(prompt="red square spin", num_inference_steps=2, output_type="pt").frames
+    assert frames.shape == (1, 8, 3, 32, 32)
+
+
+def test_on_the_fly_encoding_without_a_cache(vae_and_cache, embedded_root, tmp_path):
+    vae, _ = vae_and_cache
+    out = tmp_path / "run"
+    assert main(arguments(vae, out, data_root=embedded_root, max_train_steps=2, train_batch_size=2)) == 0
+    transformer = VidTwinTransformer3DModel.from_pretrained(out / "pipeline" / "transformer")
+    # The normalisation statistics were estimated from the data, not left at 0 / 1.
+    assert transformer.config.structure_latent_mean != [0.0] * 4
+
+
+def test_bad_settings_are_named(vae_and_cache, tmp_path):
+    vae, cache = vae_and_cache
+    with pytest.raises(ValueError, match="latent_cache .* or data_root"):
+        main(arguments(vae, tmp_path / "a"))
+    with pytest.raises(ValueError, match="objective must be one of"):
+        main(arguments(vae, tmp_path / "b", latent_cache=cache, objective="eps"))
+    other = tmp_path / "other_vae"
+    AutoencoderVidTwin.from_preset("tiny", sample_size=32, num_frames=8, patch_size=8, structure_channels=2).save_pretrained(other)
+    with pytest.raises(ValueError, match="another autoencoder config"):
+        main(arguments(other, tmp_path / "c", latent_cache=cache))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(vae_and_cache, tmp_path):
+    vae, cache = vae_and_cache
+    args = dict(latent_cache=cache, max_train_steps=30, train_batch_size=2, dataloader_num_workers=1)
+    assert main(arguments(vae, tmp_path / "reference", **args)) == 0
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "vidtwin_gen.training.train_dit", *arguments(vae, out, **args)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-2").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "pipeline").exists(), "the run finished before it could be killed"
+
+    assert main(arguments(vae, out, resume_from_checkpoint="latest", **args)) == 0
+    reference = VidTwinTransformer3DModel.from_pretrained(tmp_path / "reference" / "pipeline" / "transformer").state_dict()
+    resumed = VidTwinTransformer3DModel.from_pretrained(out / "pipeline" / "transformer").state_dict()
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key

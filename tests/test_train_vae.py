@@ -1,0 +1,109 @@
+"""train_vae: a full run, kill-and-resume equality, two-process DDP, broken videos, non-finite losses."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidtwin_gen import AutoencoderVidTwin
+from vidtwin_gen.training.train_vae import main
+
+MODEL = "{preset: tiny, sample_size: 32, num_frames: 8, patch_size: 8}"
+
+
+def arguments(data_root: Path, output_dir: Path, **overrides) -> list[str]:
+    options = {
+        "data_root": data_root, "model": MODEL, "train_batch_size": 2, "max_train_steps": 6, "learning_rate": 1e-3,
+        "lr_warmup_steps": 2, "disc_start": 3, "use_ema": True, "checkpointing_steps": 2, "validation_steps": 100,
+        "num_validation_clips": 2, "num_validation_videos": 1, "dataloader_num_workers": 0, "report_to": "none",
+        "output_dir": output_dir, **overrides,
+    }
+    return [item for key, value in options.items() for item in (f"--{key}", str(value))]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return AutoencoderVidTwin.from_pretrained(folder).state_dict()
+
+
+def test_training_run_writes_checkpoints_validation_and_model(embedded_root, tmp_path):
+    out = tmp_path / "run"
+    assert main(arguments(embedded_root, out, checkpoints_total_limit=2, validation_steps=6)) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # rotated
+    assert not list(out.glob(".*partial"))
+    assert (out / "train_config.yaml").exists()
+    videos = sorted(p.name for p in (out / "validation" / "step-6").iterdir())
+    assert videos == sorted(f"clip0_{kind}.{ext}" for kind in ("original", "reconstruction", "structure", "dynamics")
+                            for ext in ("gif", "mp4"))
+    trained = weights(out / "vae")
+    torch.manual_seed(0)
+    initial = AutoencoderVidTwin.from_preset("tiny", sample_size=32, num_frames=8, patch_size=8).state_dict()
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(embedded_root, tmp_path):
+    # The reference: an uninterrupted run. One DataLoader worker, so the worker path is covered too.
+    args = dict(max_train_steps=14, dataloader_num_workers=1)
+    assert main(arguments(embedded_root, tmp_path / "reference", **args)) == 0
+
+    # The same run, killed with SIGKILL as soon as its first checkpoint is complete, then resumed.
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "vidtwin_gen.training.train_vae", *arguments(embedded_root, out, **args)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-2").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "vae").exists(), "the run finished before it could be killed"
+    assert (out / "checkpoint-2").exists()
+
+    assert main(arguments(embedded_root, out, resume_from_checkpoint="latest", **args)) == 0
+    reference, resumed = weights(tmp_path / "reference" / "vae"), weights(out / "vae")
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(embedded_root, tmp_path):
+    out = tmp_path / "ddp"
+    config = Path(__file__).resolve().parents[1] / "train_configs" / "accelerate" / "cpu_2proc.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+               "-m", "vidtwin_gen.training.train_vae", *arguments(embedded_root, out, max_train_steps=4)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "vae" / "config.json").exists()
+    assert sorted((out / "checkpoint-4").glob("random_states_*.pkl")) == [
+        out / "checkpoint-4" / "random_states_0.pkl", out / "checkpoint-4" / "random_states_1.pkl"
+    ]
+
+
+def test_broken_videos_are_skipped_and_counted(embedded_root, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(embedded_root, data)
+    first_training_video = (data / "ucfTrainTestlist" / "trainlist01.txt").read_text().split()[0]
+    victim = data / "UCF-101" / first_training_video
+    victim.write_bytes(b"not a video")
+    with caplog.at_level("WARNING"):
+        assert main(arguments(data, tmp_path / "run", max_train_steps=12, checkpointing_steps=100)) == 0
+    assert any("skipping unreadable video" in r.getMessage() and victim.name in r.getMessage() for r in caplog.records)
+    assert any("skipped 1 unreadable video" in r.getMessage() for r in caplog.records)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(embedded_root, tmp_path):
+    out = tmp_path / "run"
+    # A huge learning rate sends the weights to inf after the first update.
+    with pytest.raises(FloatingPointError, match="non-finite loss .* last good checkpoint is .*checkpoint-1"):
+        main(arguments(embedded_root, out, learning_rate=1e30, lr_warmup_steps=0, checkpointing_steps=1,
+                       max_train_steps=5, use_ema=False))
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert checkpoints[0] == "checkpoint-1" and not (out / "vae").exists()
+    saved = torch.load(out / "checkpoint-1" / "optimizer.bin", weights_only=True)
+    assert saved["state"]  # a complete, loadable checkpoint

@@ -1,0 +1,1 @@
+"""Training configs (YAML), installed with the package as `vidtwin_gen.train_configs`."""

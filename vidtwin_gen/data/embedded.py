@@ -66,11 +66,13 @@ def _scene(rng: np.random.Generator, cls: EmbeddedClass, height: int, width: int
         angle, wavelength = rng.uniform(0, math.pi), rng.uniform(0.25, 0.6) * height
         waves.append((amplitude, 2 * math.pi / wavelength * math.cos(angle), 2 * math.pi / wavelength * math.sin(angle),
                       rng.uniform(0, 2 * math.pi)))
+    # Objects span about half the frame height, so that a quickstart model working at 32x32 still sees the
+    # shape clearly.
     return {
         "bg_dark": base + rng.uniform(-20, 20, 3) - 25,
         "bg_light": base + rng.uniform(-20, 20, 3) + 25,
         "waves": waves,
-        "radius": rng.uniform(0.17, 0.22) * height,
+        "radius": rng.uniform(0.27, 0.32) * height,
         "centre": (width / 2 + rng.uniform(-0.08, 0.08) * width, height / 2 + rng.uniform(-0.08, 0.08) * height),
         "colour": np.clip(np.array(cls.colour) + rng.uniform(-15, 15, 3), 0, 255),
         "angle": rng.uniform(0, 2 * math.pi),

@@ -1,0 +1,39 @@
+"""The quickstart's code path end to end, with a few training steps (the real run is `make demo`)."""
+
+import json
+
+import pytest
+from diffusers import DiffusionPipeline
+
+from vidtwin_gen.data.embedded import CLASSES
+from vidtwin_gen.demo import main
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--output-dir", str(out), "--vae-steps", "2", "--dit-steps", "2", "--fvd-samples", "3",
+                 "--videos-per-class", "1"]) == 0
+    first = capsys.readouterr().out
+
+    names = [cls.name for cls in CLASSES]
+    assert sorted(p.stem for p in (out / "samples").glob("*.mp4")) == sorted(f"{name}_00" for name in names)
+    assert sorted(p.stem for p in (out / "samples").glob("*.gif")) == sorted(f"{name}_00" for name in names)
+    assert (out / "samples.png").stat().st_size > 0 and (out / "decoupling.png").stat().st_size > 0
+    assert len(list((out / "decoupling").glob("*.mp4"))) == 6
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reconstruction"]["clips"] == 60 and 0 < metrics["reconstruction"]["psnr"] < 100
+    assert metrics["fvd"]["num_real"] == metrics["fvd"]["num_generated"] == 3 and metrics["fvd"]["value"] > 0
+    stages = {"data", "vae", "latents", "dit", "samples", "decouple", "metrics"}
+    assert set(metrics["wall_time_seconds"]) == stages | {"total"}
+    assert f"metrics          {out / 'metrics.json'}" in first
+
+    pipe = DiffusionPipeline.from_pretrained(out / "pipeline", trust_remote_code=True)
+    assert sorted(pipe.labels) == sorted(names)
+
+    # A second run finds every stage done and redoes nothing.
+    assert main(["--output-dir", str(out)]) == 0
+    second = capsys.readouterr().out
+    assert all(f"[{stage}] done already, skipped" in second for stage in stages)
+    assert json.loads((out / "metrics.json").read_text())["wall_time_seconds"] == metrics["wall_time_seconds"]

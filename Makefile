@@ -27,8 +27,13 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# Side-by-side figures (CPU-sized; each script's --help lists the GPU/paper-size options). Not part of `make test`.
 benchmarks: install
-	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+	$(PY) benchmarks/bench_autoencoder.py
+	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_train_vae.py
+	$(PY) benchmarks/bench_dit.py --flops-only
+	$(PY) benchmarks/bench_dit.py --width 384 --depth 6 --heads 6 --steps 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info

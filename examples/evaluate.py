@@ -13,7 +13,7 @@ from vidtwin_gen import VidTwinPipeline
 from vidtwin_gen.data.ucf101 import UCF101Clips
 from vidtwin_gen.evaluation.fvd import extract_features, fvd_from_features, pipeline_clips, sample_class_labels
 from vidtwin_gen.evaluation.i3d import load_i3d
-from vidtwin_gen.evaluation.metrics import psnr, ssim, to_unit_range
+from vidtwin_gen.evaluation.reconstruction import evaluate_reconstruction
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--pipeline", default="runs/demo/pipeline")
@@ -29,10 +29,9 @@ held_out = UCF101Clips(args.data_root, split=1, subset="test", num_frames=frames
 items = [item for item in (held_out[i] for i in range(min(args.num_clips, len(held_out)))) if item is not None]
 clips, labels = torch.stack([item["video"] for item in items]), [item["label"] for item in items]
 
-with torch.no_grad():
-    reconstruction = pipe.vae(clips).sample  # posterior mean
-print(f"reconstruction: PSNR {psnr(to_unit_range(reconstruction), to_unit_range(clips)).mean():.2f} dB, "
-      f"SSIM {ssim(to_unit_range(reconstruction), to_unit_range(clips)).mean():.3f} on {len(clips)} held-out clips")
+scores = evaluate_reconstruction(pipe.vae, clips)  # per clip, from the posterior mean
+print(f"reconstruction: PSNR {sum(scores['psnr']) / len(clips):.2f} dB, SSIM {sum(scores['ssim']) / len(clips):.3f} "
+      f"on {len(clips)} held-out clips")
 
 i3d = load_i3d()
 real = extract_features(clips, i3d)

@@ -32,7 +32,8 @@ from .data.latent_cache import encode_dataset
 from .data.ucf101 import UCF101Clips, load_ucf101
 from .evaluation.fvd import extract_features, fvd_from_features, get_protocol, pipeline_clips, sample_class_labels
 from .evaluation.i3d import load_i3d
-from .evaluation.metrics import psnr, ssim, to_unit_range
+from .evaluation.metrics import to_unit_range
+from .evaluation.reconstruction import evaluate_reconstruction
 from .generate import export_videos
 from .models.autoencoder_vidtwin import AutoencoderVidTwin
 from .pipelines.pipeline_vidtwin import VidTwinPipeline
@@ -171,11 +172,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def metrics() -> None:
         clips, _ = held_out_clips(data, vae, limit=10**9)
-        with torch.no_grad():
-            recon = torch.cat([vae(batch).sample for batch in clips.split(8)])
-        reconstruction = {"clips": len(clips), "split": "1/test",
-                          "psnr": psnr(to_unit_range(recon), to_unit_range(clips)).mean().item(),
-                          "ssim": ssim(to_unit_range(recon), to_unit_range(clips)).mean().item()}
+        scores = evaluate_reconstruction(vae, clips, batch_size=8)
+        reconstruction = {"clips": len(clips), "split": "1/test", "psnr": float(np.mean(scores["psnr"])),
+                          "ssim": float(np.mean(scores["ssim"]))}
         protocol = get_protocol(num_samples=min(args.fvd_samples, len(clips)))
         i3d = load_i3d()
         real = extract_features(clips[: protocol.num_real], i3d, desc="I3D real clips")

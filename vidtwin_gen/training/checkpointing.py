@@ -4,13 +4,10 @@
 killed at any moment leaves only whole checkpoints behind; rotation happens after a successful save.
 """
 
-import logging
 import re
 import shutil
-import time
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -79,27 +76,3 @@ def replace_directory(source: Path, destination: Path) -> None:
         destination.rename(backup)
     source.rename(destination)
     shutil.rmtree(backup, ignore_errors=True)
-
-
-def quiet_accelerate_logs() -> None:
-    """Accelerate logs every file of every checkpoint at INFO; our own line per checkpoint says enough."""
-    for name in ("accelerate.checkpointing", "accelerate.accelerator"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def time_is_up(started: float, limit_minutes: float | None, accelerator: Accelerator) -> bool:
-    """Whether `limit_minutes` of wall time have passed since `started`, agreed by all processes."""
-    if limit_minutes is None:
-        return False
-    up = torch.tensor(float(time.monotonic() - started >= 60 * limit_minutes), device=accelerator.device)
-    return accelerator.reduce(up, "max").item() > 0
-
-
-def non_finite_message(loss: float, step: int, output_dir: str | Path) -> str:
-    """What to say when the loss stops being finite: the update is not applied, the checkpoints stay good."""
-    checkpoints = list_checkpoints(output_dir)
-    last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
-    return (
-        f"non-finite loss ({loss}) at step {step}; stopped before it reached the weights. {last}; resume from it "
-        "with a lower learning_rate, a longer lr_warmup_steps, or mixed_precision=no"
-    )

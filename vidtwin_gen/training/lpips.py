@@ -19,7 +19,6 @@ Either may be `.pth` (read with `torch.load(weights_only=True)`) or `.safetensor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 

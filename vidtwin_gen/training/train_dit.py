@@ -13,18 +13,14 @@ Checkpoints are `output_dir/checkpoint-STEP`; the exported pipeline (EMA weights
 
 import importlib.util
 import json
-import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
@@ -36,16 +32,9 @@ from ..generate import export_videos
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from ..models.transformer_vidtwin import VidTwinTransformer3DModel
 from ..pipelines.pipeline_vidtwin import VidTwinPipeline, encode_prompt
-from .checkpointing import (
-    checkpoint_step,
-    non_finite_message,
-    quiet_accelerate_logs,
-    time_is_up,
-    replace_directory,
-    resolve_resume,
-    save_checkpoint,
-)
-from .config import parse_config, save_config
+from .checkpointing import save_checkpoint
+from .config import parse_config
+from .run import check_finite, export, resume, start_run, time_is_up
 from .train_vae import frame_strip
 
 logger = get_logger(__name__)
@@ -151,22 +140,6 @@ def build_transformer(config: TrainDiTConfig, vae: AutoencoderVidTwin, class_nam
     return VidTwinTransformer3DModel.from_preset(options.pop("preset", "tiny"), **{**options, **shapes, **conditions, **statistics})
 
 
-class OnTheFlyLatents(torch.utils.data.Dataset):
-    """Clips from a UCF-101-layout folder, for encoding by the VAE inside the training loop (no cache)."""
-
-    def __init__(self, clips: UCF101Clips):
-        self.clips = clips
-
-    def __len__(self):
-        return len(self.clips)
-
-    def __getitem__(self, index):
-        return self.clips[index]
-
-    def set_epoch(self, epoch):
-        self.clips.set_epoch(epoch)
-
-
 def estimate_statistics(vae: AutoencoderVidTwin, clips: UCF101Clips, device, num_clips: int = 64) -> dict:
     """Per-channel mean/std of posterior means over a few clips, when no latent cache supplies them."""
     means = {"structure": [], "dynamics": []}
@@ -194,19 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if not config.latent_cache and not config.data_root:
         raise ValueError("give latent_cache (vidtwin-gen encode-dataset output) or data_root to encode on the fly")
     output_dir = Path(config.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.report_to in (None, "none") else config.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    quiet_accelerate_logs()
-    set_seed(config.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "train_config.yaml")
+    accelerator = start_run(config)
 
     vae = AutoencoderVidTwin.from_pretrained(config.vae).to(accelerator.device).eval().requires_grad_(False)
     text_encoder = tokenizer = None
@@ -226,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         _, frames, height, width = vae.sample_shape
         clips = UCF101Clips(config.data_root, config.split, "train", frames, (height, width), config.target_fps,
                             train=True, seed=config.seed)
-        train_set, class_names = OnTheFlyLatents(clips), clips.class_names
+        train_set, class_names = clips, clips.class_names
         stats = estimate_statistics(vae, clips, accelerator.device) if not config.pretrained_model_name_or_path else None
     collate = None if config.latent_cache else collate_clips
     loader = torch.utils.data.DataLoader(
@@ -241,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     noise_schedule, sampling_scheduler = build_schedulers(config)
-    ema = EMAModel(transformer.parameters(), decay=config.ema_decay, model_cls=VidTwinTransformer3DModel,
-                   model_config=transformer.config) if config.use_ema else None
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(transformer.parameters(), decay=config.ema_decay, model_cls=VidTwinTransformer3DModel,
+                       model_config=transformer.config)
 
     optimizer = torch.optim.AdamW(
         transformer.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
@@ -307,14 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     updates_per_epoch = len(loader) // config.gradient_accumulation_steps
     num_epochs = math.ceil(config.max_train_steps / updates_per_epoch)
-    global_step = 0
-    resume = resolve_resume(output_dir, config.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.print(f"resuming from {resume}")
-        accelerator.load_state(str(resume))
-        global_step = checkpoint_step(resume)
-    first_epoch = global_step // updates_per_epoch
-    batches_to_skip = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
+    global_step, first_epoch, batches_to_skip = resume(accelerator, config, updates_per_epoch)
 
     id2label = dict(enumerate(class_names))
     validation_conditions = config.validation_conditions or class_names[:4]
@@ -326,28 +282,25 @@ def main(argv: list[str] | None = None) -> int:
     started, last_step = time.monotonic(), False
     progress = tqdm(range(config.max_train_steps), initial=global_step, desc="train dit",
                     disable=not accelerator.is_local_main_process)
-    structure_size = math.prod(model.config.structure_latent_shape)
     for epoch in range(first_epoch, num_epochs):
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         loader.set_epoch(epoch)
+        skipped = 0
         active = accelerator.skip_first_batches(loader, batches_to_skip) if epoch == first_epoch else loader
         for batch in active:
-            if not config.latent_cache:
+            if not config.latent_cache:  # clips decoded on the fly: broken files are skipped and counted
+                skipped += batch["num_skipped"]
                 empty = torch.tensor(float(batch["video"] is None), device=accelerator.device)
                 if accelerator.reduce(empty, "sum").item() > 0:
                     continue
             with accelerator.accumulate(transformer):
-                structure, dynamics = latents_of(batch)
-                x0 = torch.cat([structure.flatten(1), dynamics.flatten(1)], dim=1)
+                x0 = vae.pack_latents(*latents_of(batch))  # (B, N): one noise level over both parts
                 x_t, timestep, target = noisy_inputs(x0)
-                noisy_structure = x_t[:, :structure_size].view_as(structure)
-                noisy_dynamics = x_t[:, structure_size:].view_as(dynamics)
-                prediction = transformer(noisy_structure, noisy_dynamics, timestep, **conditions_of(batch))
-                prediction = torch.cat([prediction.structure.flatten(1), prediction.dynamics.flatten(1)], dim=1)
+                prediction = transformer(*vae.unpack_latents(x_t), timestep, **conditions_of(batch))
+                prediction = vae.pack_latents(prediction.structure, prediction.dynamics)
                 loss = F.mse_loss(prediction.float(), target.float())
-                if not math.isfinite(accelerator.reduce(loss.detach(), "mean").item()):
-                    raise FloatingPointError(non_finite_message(loss.item(), global_step, output_dir))
+                check_finite(loss, accelerator, global_step, output_dir)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(transformer.parameters(), config.max_grad_norm)
@@ -374,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                 accelerator.wait_for_everyone()
             if last_step:
                 break
+        skipped = int(accelerator.reduce(torch.tensor(skipped, device=accelerator.device), "sum").item())
+        if skipped:
+            logger.warning("epoch %d: skipped %d unreadable video(s)", epoch, skipped)
         if last_step:
             break
 
@@ -381,10 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         if ema is not None:
             ema.copy_to(model.parameters())
-        partial = output_dir / ".pipeline.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        make_pipeline().save_pretrained(partial)
-        replace_directory(partial, output_dir / "pipeline")
+        export(make_pipeline().save_pretrained, output_dir / "pipeline")
         logger.info("saved %s", output_dir / "pipeline")
     accelerator.end_training()
     return 0

@@ -9,17 +9,13 @@ are `output_dir/checkpoint-STEP` (accelerator.save_state, written atomically, ro
 in `output_dir/vae` (EMA weights when `use_ema`).
 """
 
-import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -28,16 +24,9 @@ from ..data.ucf101 import UCF101Clips, collate_clips
 from ..evaluation.metrics import psnr, ssim, to_unit_range
 from ..generate import export_videos
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
-from .checkpointing import (
-    checkpoint_step,
-    non_finite_message,
-    quiet_accelerate_logs,
-    replace_directory,
-    resolve_resume,
-    save_checkpoint,
-    time_is_up,
-)
-from .config import parse_config, save_config
+from .checkpointing import save_checkpoint
+from .config import parse_config
+from .run import check_finite, export, resume, start_run, time_is_up
 from .vae_loss import VidTwinLoss
 
 logger = get_logger(__name__)
@@ -155,20 +144,7 @@ def validate(vae: AutoencoderVidTwin, clips: torch.Tensor, config: TrainVAEConfi
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(TrainVAEConfig, argv, __doc__)
     output_dir = Path(config.output_dir)
-    # The Accelerator comes first: nothing else may touch accelerate's state before it exists.
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.report_to in (None, "none") else config.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    quiet_accelerate_logs()
-    set_seed(config.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "train_config.yaml")
+    accelerator = start_run(config)
 
     vae = build_vae(config)
     if config.gradient_checkpointing:
@@ -177,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         disc_start=config.disc_start, kl_weight=config.kl_weight, perceptual_weight=config.perceptual_weight,
         disc_weight=config.disc_weight, lpips_vgg_path=config.lpips_vgg_path, lpips_lin_path=config.lpips_lin_path,
     ).to(accelerator.device)
-    ema = EMAModel(vae.parameters(), decay=config.ema_decay, model_cls=AutoencoderVidTwin, model_config=vae.config) if config.use_ema else None
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(vae.parameters(), decay=config.ema_decay, model_cls=AutoencoderVidTwin, model_config=vae.config)
 
     _, frames, height, width = vae.sample_shape
     train_set = UCF101Clips(config.data_root, config.split, "train", frames, (height, width), config.target_fps,
@@ -212,14 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     updates_per_epoch = len(loader) // config.gradient_accumulation_steps
     num_epochs = math.ceil(config.max_train_steps / updates_per_epoch)
-    global_step = 0
-    resume = resolve_resume(output_dir, config.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.print(f"resuming from {resume}")
-        accelerator.load_state(str(resume))
-        global_step = checkpoint_step(resume)
-    first_epoch = global_step // updates_per_epoch
-    batches_to_skip = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
+    global_step, first_epoch, batches_to_skip = resume(accelerator, config, updates_per_epoch)
 
     validation_clips = None
     if accelerator.is_main_process:
@@ -252,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                     loss, logs = loss_fn.generator_loss(
                         video, reconstruction, output.latent_dist.kl(), global_step, last_layer
                     )
-                if not math.isfinite(accelerator.reduce(loss.detach(), "mean").item()):
-                    raise FloatingPointError(non_finite_message(loss.item(), global_step, output_dir))
+                check_finite(loss, accelerator, global_step, output_dir)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     # The log-variance is in no prepared model: average its gradient across processes by hand.
@@ -314,10 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         final = accelerator.unwrap_model(vae)
         if ema is not None:
             ema.copy_to(final.parameters())
-        partial = output_dir / ".vae.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        final.save_pretrained(partial)
-        replace_directory(partial, output_dir / "vae")
+        export(final.save_pretrained, output_dir / "vae")
         logger.info("saved %s (%d unreadable video(s) skipped in total)", output_dir / "vae", skipped_total)
     accelerator.end_training()
     return 0

@@ -2,7 +2,7 @@
 # Both create ./.venv on first use. Torch is pinned to 2.13.0 *before* the project is installed so
 # pip takes the CPU wheel where one is provided locally instead of pulling several GB of CUDA
 # packages; on a GPU machine the same pin resolves to PyPI's CUDA build. The project itself only
-# asks for torch>=2.4, so `pip install -e .` into an existing GPU environment keeps its torch.
+# asks for torch>=2.6, so `pip install -e .` into an existing GPU environment keeps its torch.
 
 PYTHON ?= python3
 VENV ?= .venv

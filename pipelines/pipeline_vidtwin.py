@@ -85,6 +85,10 @@ class VidTwinPipeline(DiffusionPipeline):
         id2label: dict[str, str] | None = None,
     ):
         super().__init__()
+        if transformer is not None and transformer.config.num_classes == 0 and transformer.config.text_embed_dim is None:
+            raise ValueError(
+                "VidTwinPipeline needs a class- or text-conditional transformer (num_classes > 0 or text_embed_dim set)"
+            )
         self.register_modules(
             vae=vae, transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
         )
@@ -165,9 +169,6 @@ class VidTwinPipeline(DiffusionPipeline):
                 "this pipeline's transformer is class-conditional only: pass class_labels=... (names or ids) "
                 f"instead of prompt; classes: {', '.join(sorted(self.labels)[:10])}..."
             )
-        if class_labels is None and prompt is None:
-            needed = "class_labels" if self.is_class_conditional else "prompt"
-            raise ValueError(f"pass {needed}=... to say what to generate")
         if self.is_text_conditional and prompt is None:
             raise ValueError("this pipeline's transformer is text-conditional: pass prompt=...")
         if self.is_class_conditional and class_labels is None:
@@ -238,9 +239,14 @@ class VidTwinPipeline(DiffusionPipeline):
         return self.vae.pack_latents(parts["structure"], parts["dynamics"])
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, output_type: str = "np", part: str | None = None):
-        """Packed VAE-space latents (B, N) -> frames in `output_type`; `part` decodes one part alone."""
-        video = self.vae.decode(latents.to(self.vae.dtype), part=part).sample.float().clamp(-1, 1)
+    def decode_latents(
+        self, latents: torch.Tensor, output_type: str = "np", part: str | None = None, num_frames: int | None = None
+    ):
+        """Packed VAE-space latents (B, N) -> frames in `output_type`; `part` decodes one part alone.
+
+        `num_frames` trims a tiled decode to the length of the clip that was encoded.
+        """
+        video = self.vae.decode(latents, part=part, num_frames=num_frames).sample.float()
         return self.video_processor.postprocess_video(video, output_type=output_type)
 
     # ------------------------------------------------------------------ generation
@@ -314,7 +320,9 @@ class VidTwinPipeline(DiffusionPipeline):
             conditions["class_labels"] = ids.repeat_interleave(num_videos_per_prompt)
         if prompt is not None:
             prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-            if negative_prompt is None and self.do_classifier_free_guidance:
+            if not self.do_classifier_free_guidance:
+                negative_prompt = None  # unused without guidance
+            elif negative_prompt is None:
                 negative_prompt = ""
             if negative_prompt is not None:
                 negative_prompt = [negative_prompt] * len(prompt) if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -349,6 +357,8 @@ class VidTwinPipeline(DiffusionPipeline):
 
         # 3. Denoising loop.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)  # lets scale_noise index the schedule without a search per sample
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -390,14 +400,20 @@ class VidTwinPipeline(DiffusionPipeline):
     def reenact(self, structure_video: torch.Tensor, dynamics_video: torch.Tensor, output_type: str = "np"):
         """Cross-reenactment: the structure of `structure_video` with the dynamics of `dynamics_video`.
 
-        Both (B, 3, T, H, W) in [-1, 1]. Returns frames in `output_type` (or packed latents for "latent").
+        Both (B, 3, T, H, W) in [-1, 1] with the same shape. Returns frames in `output_type` (or packed latents
+        for "latent").
         """
+        if structure_video.shape != dynamics_video.shape:
+            raise ValueError(
+                "cross-reenactment needs clips of the same shape, got "
+                f"{tuple(structure_video.shape)} and {tuple(dynamics_video.shape)}"
+            )
         structure, _ = self.vae.unpack_latents(self.encode_video(structure_video))
         _, dynamics = self.vae.unpack_latents(self.encode_video(dynamics_video))
-        if structure.shape[0] != dynamics.shape[0]:
-            raise ValueError(f"batch sizes differ: {structure.shape[0]} vs {dynamics.shape[0]}")
         latents = self.vae.pack_latents(structure, dynamics)
-        return latents if output_type == "latent" else self.decode_latents(latents, output_type)
+        if output_type == "latent":
+            return latents
+        return self.decode_latents(latents, output_type, num_frames=structure_video.shape[2])
 
     @torch.no_grad()
     def interpolate(

@@ -115,6 +115,8 @@ def test_bad_input_messages(pipe):
     text_pipe = tiny_pipeline(num_classes=0, text_embed_dim=16)
     with pytest.raises(ValueError, match="text-conditional only: pass prompt"):
         text_pipe(class_labels=[0])
+    with pytest.raises(ValueError, match="needs a class- or text-conditional transformer"):
+        tiny_pipeline(num_classes=0)
 
 
 def test_holding_one_part_fixed(pipe):
@@ -147,6 +149,19 @@ def test_reenact_and_interpolate(pipe):
     torch.testing.assert_close(pipe.vae.unpack_latents(dynamics_only)[1][-1], pipe.vae.unpack_latents(end)[1][0],
                                atol=1e-5, rtol=1e-5)
     assert pipe.interpolate(start, end, num_points=4).shape == (4, 8, 32, 32, 3)
+
+
+def test_longer_clips_through_tiling():
+    pipe = tiny_pipeline()
+    pipe.vae.enable_tiling()  # 12 frames = two chunks of the tiny model's 8, the second one padded
+    clips = torch.rand(2, 3, 12, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    assert pipe.reenact(clips[:1], clips[1:]).shape == (1, 12, 32, 32, 3)  # trimmed back to the clips' length
+    start, end = pipe.encode_video(clips).split(1)
+    assert start.shape == (1, 2 * pipe.vae.latent_size)
+    path = pipe.interpolate(start, end, num_points=3, part="structure", output_type="latent")
+    torch.testing.assert_close(path[-1], pipe.vae.pack_latents(pipe.vae.unpack_latents(end)[0], pipe.vae.unpack_latents(start)[1])[0],
+                               atol=1e-5, rtol=1e-5)
+    assert pipe.interpolate(start, end, num_points=2).shape == (2, 16, 32, 32, 3)
 
 
 FRESH_PROCESS = textwrap.dedent(

@@ -78,8 +78,13 @@ def test_bad_settings_are_named(vae_and_cache, tmp_path):
         main(arguments(vae, tmp_path / "b", latent_cache=cache, objective="eps"))
     other = tmp_path / "other_vae"
     AutoencoderVidTwin.from_preset("tiny", sample_size=32, num_frames=8, patch_size=8, structure_channels=2).save_pretrained(other)
-    with pytest.raises(ValueError, match="another autoencoder config"):
+    with pytest.raises(ValueError, match="made with another autoencoder"):
         main(arguments(other, tmp_path / "c", latent_cache=cache))
+    # Same config, other weights (e.g. the autoencoder before fine-tuning): the latents would not match either.
+    torch.manual_seed(1)
+    AutoencoderVidTwin.from_preset("tiny", sample_size=32, num_frames=8, patch_size=8).save_pretrained(other)
+    with pytest.raises(ValueError, match="made with another autoencoder"):
+        main(arguments(other, tmp_path / "d", latent_cache=cache))
 
 
 @pytest.mark.slow

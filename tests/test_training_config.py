@@ -2,12 +2,21 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
+from accelerate import Accelerator
 
-from vidtwin_gen.training.checkpointing import checkpoint_step, list_checkpoints, replace_directory, resolve_resume
+from vidtwin_gen.training.checkpointing import (
+    checkpoint_step,
+    list_checkpoints,
+    replace_directory,
+    resolve_resume,
+    save_checkpoint,
+)
 from vidtwin_gen.training.config import parse_config, save_config
+from vidtwin_gen.training.run import resume
 
 
 @dataclass
@@ -34,6 +43,12 @@ def test_yaml_then_overrides(tmp_path):
     assert config.max_train_steps == 7 and config.use_ema is True and config.resume_from_checkpoint == "latest"
     assert config.model == {"preset": "paper", "hidden_size": 128}  # the YAML's preset, the override's width
     assert config.validation_conditions == ["a", "b"] and config.max_train_minutes is None
+
+
+def test_values_are_kept_as_written():
+    # Dashes in keys mean underscores; in values they are the user's.
+    config = parse_config(Example, ["--output-dir=runs/my-run", "--learning_rate=-1e-3"])
+    assert config.output_dir == "runs/my-run" and config.learning_rate == pytest.approx(-1e-3)
 
 
 def test_partial_dict_override_keeps_defaults():
@@ -91,3 +106,27 @@ def test_replace_directory(tmp_path):
     replace_directory(tmp_path / "new", tmp_path / "out")
     assert (tmp_path / "out" / "weights").read_text() == "new"
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["out"]
+
+
+def test_resume_plans_the_epochs_and_sets_abandoned_checkpoints_aside(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    config = SimpleNamespace(seed=0, gradient_accumulation_steps=4, max_train_steps=7, output_dir=tmp_path,
+                             resume_from_checkpoint=None)
+    # 10 batches with accumulation 4: updates after batches 4, 8 and 10 (the epoch's end), 3 per epoch.
+    assert resume(accelerator, config, batches_per_epoch=10) == (0, range(0, 3), 0)
+    for step in (3, 5, 6):
+        save_checkpoint(accelerator, tmp_path, step, total_limit=None)
+
+    config.resume_from_checkpoint = "checkpoint-5"  # the 2nd update of epoch 1: skip its first 8 batches
+    assert resume(accelerator, config, batches_per_epoch=10) == (5, range(1, 3), 8)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-5"]
+    assert [p.name for p in (tmp_path / "abandoned-after-5").iterdir()] == ["checkpoint-6"]
+
+    config.resume_from_checkpoint = "checkpoint-3"
+    assert resume(accelerator, config, batches_per_epoch=10) == (3, range(1, 3), 0)
+    assert [p.name for p in (tmp_path / "abandoned-after-3").iterdir()] == ["checkpoint-5"]
+    assert (tmp_path / "abandoned-after-5" / "checkpoint-6").is_dir()  # nothing is deleted
+
+    config.max_train_steps = 3  # a finished run goes straight to its export
+    config.resume_from_checkpoint = "latest"
+    assert resume(accelerator, config, batches_per_epoch=10) == (3, range(0), 0)

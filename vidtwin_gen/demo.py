@@ -32,9 +32,8 @@ from .data.latent_cache import encode_dataset
 from .data.ucf101 import UCF101Clips, load_ucf101
 from .evaluation.fvd import extract_features, fvd_from_features, get_protocol, pipeline_clips, sample_class_labels
 from .evaluation.i3d import load_i3d
-from .evaluation.metrics import to_unit_range
 from .evaluation.reconstruction import evaluate_reconstruction
-from .generate import export_videos
+from .generate import export_videos, to_frames
 from .models.autoencoder_vidtwin import AutoencoderVidTwin
 from .pipelines.pipeline_vidtwin import VidTwinPipeline
 from .training import train_dit, train_vae
@@ -65,11 +64,6 @@ def contact_sheet(rows: list[np.ndarray], labels: list[str], scale: int = 3) -> 
         sheet.paste(tile, (0, top))
         top += tile.height
     return sheet
-
-
-def _frames(video: torch.Tensor) -> np.ndarray:
-    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) in [0, 1]."""
-    return to_unit_range(video).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 def held_out_clips(data: Path, vae: AutoencoderVidTwin, limit: int) -> tuple[torch.Tensor, list[int]]:
@@ -161,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 "original B": clips[[b]],
                 "structure A + dynamics B": vae.reenact(clips[[a]], clips[[b]]).sample,
             }
-        frames = [_frames(video)[0] for video in rows.values()]
+        frames = [to_frames(video)[0] for video in rows.values()]
         names = {"A": class_names[labels[a]], "B": class_names[labels[b]]}
         titles = [f"{title} ({names['A']} + {names['B']})" if "+" in title else f"{title} ({names[title[-1]]})"
                   for title in rows]

@@ -19,10 +19,16 @@ import torch
 from diffusers.utils import export_to_gif, export_to_video
 
 from .data.video_io import load_clip
+from .evaluation.metrics import to_unit_range
 from .models.autoencoder_vidtwin import AutoencoderVidTwin
 from .pipelines.pipeline_vidtwin import VidTwinPipeline
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def to_frames(video: torch.Tensor) -> np.ndarray:
+    """Decoder output (B, 3, T, H, W) in [-1, 1] (unclamped) -> frames (B, T, H, W, 3) in [0, 1] for export."""
+    return to_unit_range(video).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 def export_videos(frames: np.ndarray, output_dir: str | Path, names: list[str], fps: float) -> list[Path]:
@@ -149,11 +155,6 @@ def _load_vae(args) -> AutoencoderVidTwin:
     return AutoencoderVidTwin.from_pretrained(args.vae, dtype=DTYPES[args.dtype]).to(_device(args.device)).eval()
 
 
-def _to_frames(video: torch.Tensor) -> np.ndarray:
-    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) in [0, 1]."""
-    return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
 def main_reconstruct(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vidtwin-gen reconstruct",
@@ -171,7 +172,7 @@ def main_reconstruct(argv: list[str] | None = None) -> int:
         for part in args.parts:
             decoded = vae.decode(z, part=None if part == "full" else part).sample
             names = [f"{Path(v).stem}_{part}" for v in args.video]
-            for path in export_videos(_to_frames(decoded), args.output_dir, names, args.fps):
+            for path in export_videos(to_frames(decoded), args.output_dir, names, args.fps):
                 print(path)
     return 0
 
@@ -190,7 +191,7 @@ def main_reenact(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         video = vae.reenact(clips[:1], clips[1:]).sample
     name = f"{Path(args.structure_video).stem}_structure__{Path(args.dynamics_video).stem}_dynamics"
-    for path in export_videos(_to_frames(video), args.output_dir, [name], args.fps):
+    for path in export_videos(to_frames(video), args.output_dir, [name], args.fps):
         print(path)
     return 0
 

@@ -18,7 +18,6 @@ Everything is drawn from a seed: the same seed writes the same frames.
 
 import argparse
 import json
-import logging
 import math
 import shutil
 import time
@@ -29,8 +28,6 @@ import numpy as np
 
 from .ucf101 import SPLIT_DIR, SPLITS, VIDEO_DIR, class_to_caption
 from .video_io import write_video
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

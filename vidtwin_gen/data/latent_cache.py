@@ -59,7 +59,7 @@ class LatentCache:
     manifest: dict
 
 
-def _fingerprint(vae: torch.nn.Module) -> str:
+def vae_fingerprint(vae: torch.nn.Module) -> str:
     """Hash of the weights: a rerun with other weights must not extend a cache made with these."""
     hasher = hashlib.blake2b(digest_size=16)
     for name, tensor in vae.state_dict().items():
@@ -174,7 +174,7 @@ def encode_dataset(
     manifest = {
         "data_root": str(Path(data_root).resolve()), "split": split, "subset": subset, "target_fps": target_fps,
         "clips_per_video": clips_per_video, "shard_size": shard_size, "num_items": len(clips),
-        "sample_shape": list(vae.sample_shape), "vae_fingerprint": _fingerprint(vae), "vae_path": vae_path,
+        "sample_shape": list(vae.sample_shape), "vae_fingerprint": vae_fingerprint(vae), "vae_path": vae_path,
         "class_names": clips.class_names, "complete": False,
     }
     if manifest_path.is_file():

@@ -21,10 +21,9 @@ Two ways in:
 
 - `UCF101Clips(root, ...)`, a `torch.utils.data.Dataset` for the training scripts.
 
-Either way a broken file gives no clip (`UCF101Clips` returns None, `ClipTransform` sets "video" to None), is
-logged once per process and counted; `collate_clips` drops those items and reports how many in the batch's
-"num_skipped", so a training loop can sum skips
-across DataLoader workers and report them at the end of an epoch.
+Either way a broken file gives no clip (`UCF101Clips` returns None, `ClipTransform` sets "video" to None) and
+is logged once per process; `collate_clips` drops those items and reports how many in the batch's
+"num_skipped", so a training loop can sum skips across DataLoader workers and report them per epoch.
 """
 
 import logging
@@ -149,12 +148,11 @@ class ClipTransform:
     """Decodes the "path" column into a "video" column; use with `Dataset.with_transform` (batched).
 
     Training: random start and crop. Evaluation: centred start and crop.
-    A file that fails to decode gives video None, is logged once per process and counted in `num_skipped`.
+    A file that fails to decode gives video None and is logged once per process.
     """
 
     def __init__(self, num_frames: int, size: int | tuple[int, int], target_fps: float | None = None, train: bool = False):
         self.num_frames, self.size, self.target_fps, self.train = num_frames, size, target_fps, train
-        self.num_skipped = 0
         self._logged: set[str] = set()
 
     def decode(self, path: str, clip_position: float | None = None,
@@ -168,7 +166,6 @@ class ClipTransform:
         try:
             return load_clip(path, self.num_frames, self.size, self.target_fps, mode=mode, generator=generator)
         except VideoDecodeError as error:
-            self.num_skipped += 1
             if path not in self._logged:
                 self._logged.add(path)
                 logger.warning("skipping unreadable video: %s", error)
@@ -183,8 +180,7 @@ class UCF101Clips(torch.utils.data.Dataset):
     """UCF-101-layout clips for the training scripts.
 
     Item: {"video": (3, T, H, W) float32 in [-1, 1], "label": int, "caption": str, "path": str,
-    "clip_index": int}, or None for a broken file (use `collate_clips`). `num_skipped` counts broken
-    files decoded in this process. Captions are the plain class captions, as in the latent cache; trainers
+    "clip_index": int}, or None for a broken file (use `collate_clips`, which counts them). Captions are the plain class captions, as in the latent cache; trainers
     vary them with `CAPTION_TEMPLATES`.
 
     Training draws a random start and crop per item. With `seed`, the draw is a function of (seed, epoch,
@@ -218,10 +214,6 @@ class UCF101Clips(torch.utils.data.Dataset):
     @property
     def class_names(self) -> list[str]:
         return self.dataset.features["label"].names
-
-    @property
-    def num_skipped(self) -> int:
-        return self.transform.num_skipped
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -234,10 +234,9 @@ def cached_features(
                 return data["features"], json.loads(str(data["metadata"])), True
         logger.warning("ignoring cache file %s: it was written for a different real set", path)
     features, metadata = compute()
-    mu, sigma = feature_statistics(features) if len(features) >= 2 else (np.zeros(0), np.zeros((0, 0)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, features=features, mu=mu, sigma=sigma, key=np.str_(key_json), metadata=np.str_(json.dumps(metadata)))
+    np.savez(tmp, features=features, key=np.str_(key_json), metadata=np.str_(json.dumps(metadata)))
     os.replace(tmp, path)  # a crash mid-write leaves no truncated cache behind
     return features, metadata, False
 

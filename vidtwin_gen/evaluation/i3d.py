@@ -30,7 +30,6 @@ NUM_CLASSES = 400
 # The array constructor a pickled ndarray calls (numpy.core.multiarray._reconstruct, numpy._core in numpy 2),
 # taken from numpy's own reduce so that no deprecated module is imported.
 _RECONSTRUCT = np.ndarray(0).__reduce__()[0]
-FEATURE_DIM = 1024
 
 # (branch_0, branch_1 reduce, branch_1, branch_2 reduce, branch_2, branch_3 pool-proj) per Inception block.
 INCEPTION_CHANNELS = {

@@ -313,7 +313,7 @@ class TemporalQFormer(nn.Module):
 class StructureEncoder(nn.Module):
     """Encoder tokens (B, D, t, h, w) -> structure moments (B, 2 d_S, n_q, h_S, w_S)."""
 
-    def __init__(self, hidden_size, query_dim, base_channels, num_down_blocks, latent_channels, qformer: TemporalQFormer):
+    def __init__(self, query_dim, base_channels, num_down_blocks, latent_channels, qformer: TemporalQFormer):
         super().__init__()
         self.qformer = qformer
         self.conv_in = nn.Conv2d(query_dim, base_channels, 3, padding=1)
@@ -517,7 +517,7 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
             qformer_intermediate_size, qformer_cross_attention_frequency, qformer_dropout,
         )
         self.structure_encoder = StructureEncoder(
-            hidden_size, query_dim, structure_base_channels, structure_down_blocks, structure_channels, qformer
+            query_dim, structure_base_channels, structure_down_blocks, structure_channels, qformer
         )
         self.dynamics_encoder = DynamicsEncoder(hidden_size, dynamics_down_blocks, dynamics_channels)
         self.structure_decoder = StructureDecoder(

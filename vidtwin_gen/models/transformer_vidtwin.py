@@ -385,6 +385,14 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ latent statistics
 
+    def _check_channels(self, structure: torch.Tensor, dynamics: torch.Tensor) -> None:
+        d_s, d_d = self.structure_shape[0], self.dynamics_shape[0]
+        if structure.ndim != 5 or dynamics.ndim != 4 or structure.shape[1] != d_s or dynamics.shape[1] != d_d:
+            raise ValueError(
+                f"expected structure (B, {d_s}, n_q, h_S, w_S) and dynamics (B, {d_d}, t, w_D + h_D), got "
+                f"{tuple(structure.shape)} and {tuple(dynamics.shape)}"
+            )
+
     def _affine(self, x: torch.Tensor, part: str, inverse: bool) -> torch.Tensor:
         # Per-channel statistics broadcast over (B, C, ...); computed in float32, returned in x's dtype.
         shape = (-1,) + (1,) * (x.ndim - 2)
@@ -396,15 +404,18 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
     def normalize_latents(
         self, structure: torch.Tensor, dynamics: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """VAE latents -> the model's unit-scale space: (z - mean) / std per channel, for each part."""
-        self._check_latents(structure, dynamics)
+        """VAE latents -> the model's unit-scale space: (z - mean) / std per channel, for each part.
+
+        Per channel only, so the latents of a tiled encode (K chunks along n_q and t) work too.
+        """
+        self._check_channels(structure, dynamics)
         return self._affine(structure, "structure", False), self._affine(dynamics, "dynamics", False)
 
     def denormalize_latents(
         self, structure: torch.Tensor, dynamics: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inverse of `normalize_latents`: z * std + mean per channel, back to the VAE's latent space."""
-        self._check_latents(structure, dynamics)
+        self._check_channels(structure, dynamics)
         return self._affine(structure, "structure", True), self._affine(dynamics, "dynamics", True)
 
     # ------------------------------------------------------------------ conditioning

@@ -4,12 +4,14 @@
 killed at any moment leaves only whole checkpoints behind; rotation happens after a successful save.
 """
 
+import logging
 import re
 import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
 
+logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -66,6 +68,24 @@ def resolve_resume(output_dir: str | Path, resume_from_checkpoint: str | None) -
         raise ValueError(f"resume_from_checkpoint: {resume_from_checkpoint} is not a checkpoint folder")
     checkpoint_step(path)
     return path
+
+
+def set_aside_newer_checkpoints(accelerator: Accelerator, output_dir: str | Path, step: int) -> None:
+    """After resuming from `step`, move later checkpoints of the abandoned run to `abandoned-after-STEP/`.
+
+    Left in place they would outrank the new run's checkpoints in rotation and in `latest`; moved, nothing
+    is lost.
+    """
+    newer = [c for c in list_checkpoints(output_dir) if checkpoint_step(c) > step]
+    if newer and accelerator.is_main_process:
+        aside, count = Path(output_dir) / f"abandoned-after-{step}", 1
+        while aside.exists():  # an earlier resume from the same step
+            aside, count = Path(output_dir) / f"abandoned-after-{step}.{count}", count + 1
+        aside.mkdir()
+        for checkpoint in newer:
+            checkpoint.rename(aside / checkpoint.name)
+        logger.warning("resumed from step %d: moved %d later checkpoint(s) to %s", step, len(newer), aside)
+    accelerator.wait_for_everyone()
 
 
 def replace_directory(source: Path, destination: Path) -> None:

@@ -90,7 +90,8 @@ def parse_config(config_cls: type[Config], argv: list[str] | None, description: 
         token = rest[index]
         if not token.startswith("--"):
             raise ValueError(f"unexpected argument {token!r}: overrides look like --key value")
-        key, has_value, raw = token[2:].replace("-", "_").partition("=")
+        key, has_value, raw = token[2:].partition("=")
+        key = key.replace("-", "_")  # --max-train-steps == --max_train_steps; the value is kept as written
         if not has_value:
             following = rest[index + 1] if index + 1 < len(rest) else None
             if following is None or following.startswith("--"):

@@ -1,5 +1,6 @@
 """What both training scripts share around their loops: the run's start, resuming, stopping, and the export."""
 
+import contextlib
 import logging
 import math
 import shutil
@@ -10,8 +11,15 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.training_utils import EMAModel
 
-from .checkpointing import checkpoint_step, list_checkpoints, replace_directory, resolve_resume
+from .checkpointing import (
+    checkpoint_step,
+    list_checkpoints,
+    replace_directory,
+    resolve_resume,
+    set_aside_newer_checkpoints,
+)
 from .config import save_config
 
 
@@ -40,16 +48,43 @@ def start_run(config) -> Accelerator:
     return accelerator
 
 
-def resume(accelerator: Accelerator, config, updates_per_epoch: int) -> tuple[int, int, int]:
-    """Load `resume_from_checkpoint` if there is one; returns (global_step, first_epoch, batches_to_skip)."""
+def resume(accelerator: Accelerator, config, batches_per_epoch: int) -> tuple[int, range, int]:
+    """Per-process random streams, then `resume_from_checkpoint` if there is one.
+
+    Call it once everything is built and prepared. Returns (global_step, the epochs left to run, batches to
+    skip at the start of the first of them).
+    """
+    # Same weights everywhere (seeded in `start_run`); from here on each process draws its own noise,
+    # timesteps and dropout. A resume restores each process's own random state.
+    set_seed(config.seed, device_specific=True)
+    # Accelerate also steps at the end of an epoch whose batches do not fill a whole accumulation.
+    updates_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    num_epochs = math.ceil(config.max_train_steps / updates_per_epoch)
     global_step = 0
     checkpoint = resolve_resume(config.output_dir, config.resume_from_checkpoint)
     if checkpoint is not None:
         accelerator.print(f"resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))
         global_step = checkpoint_step(checkpoint)
+        set_aside_newer_checkpoints(accelerator, config.output_dir, global_step)
+    if global_step >= config.max_train_steps:  # finished: straight to the export
+        return global_step, range(0), 0
     batches_to_skip = (global_step % updates_per_epoch) * config.gradient_accumulation_steps
-    return global_step, global_step // updates_per_epoch, batches_to_skip
+    return global_step, range(global_step // updates_per_epoch, num_epochs), batches_to_skip
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel | None, model: torch.nn.Module):
+    """Within the block `model` holds the EMA weights (if there is an EMA); its own come back after."""
+    if ema is None:
+        yield
+        return
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield
+    finally:
+        ema.restore(model.parameters())
 
 
 def check_finite(loss: torch.Tensor, accelerator: Accelerator, step: int, output_dir: str | Path) -> None:

@@ -13,7 +13,6 @@ Checkpoints are `output_dir/checkpoint-STEP`; the exported pipeline (EMA weights
 
 import importlib.util
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
+from accelerate.utils import broadcast_object_list
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
 from tqdm.auto import tqdm
 
-from ..data.latent_cache import load_latent_cache
+from ..data.latent_cache import load_latent_cache, vae_fingerprint
 from ..data.ucf101 import CAPTION_TEMPLATES, UCF101Clips, collate_clips
 from ..generate import export_videos
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
@@ -34,7 +34,7 @@ from ..models.transformer_vidtwin import VidTwinTransformer3DModel
 from ..pipelines.pipeline_vidtwin import VidTwinPipeline, encode_prompt
 from .checkpointing import save_checkpoint
 from .config import parse_config
-from .run import check_finite, export, resume, start_run, time_is_up
+from .run import check_finite, ema_weights, export, resume, start_run, time_is_up
 from .train_vae import frame_strip
 
 logger = get_logger(__name__)
@@ -78,7 +78,7 @@ class TrainDiTConfig:
     lr_warmup_steps: int = 500
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = field(default=None, metadata={"help": "no | fp16 | bf16; default: accelerate's config"})
     use_ema: bool = True
     ema_decay: float = 0.9999
     seed: int = 0
@@ -140,22 +140,27 @@ def build_transformer(config: TrainDiTConfig, vae: AutoencoderVidTwin, class_nam
     return VidTwinTransformer3DModel.from_preset(options.pop("preset", "tiny"), **{**options, **shapes, **conditions, **statistics})
 
 
-def estimate_statistics(vae: AutoencoderVidTwin, clips: UCF101Clips, device, num_clips: int = 64) -> dict:
-    """Per-channel mean/std of posterior means over a few clips, when no latent cache supplies them."""
-    means = {"structure": [], "dynamics": []}
-    with torch.no_grad():
-        for index in range(min(num_clips, len(clips))):
-            item = clips[index]
-            if item is None:
-                continue
-            encoded = vae.encode(item["video"][None].to(device))
-            means["structure"].append(encoded.structure_dist.mean)
-            means["dynamics"].append(encoded.dynamics_dist.mean)
+def estimate_statistics(vae: AutoencoderVidTwin, clips: UCF101Clips, accelerator, num_clips: int = 64) -> dict:
+    """Per-channel mean/std of posterior means over a few clips, when no latent cache supplies them.
+
+    Computed on the main process and sent to the others, so every process builds the same model config.
+    """
     stats = {}
-    for part, values in means.items():
-        x = torch.cat(values).transpose(0, 1).flatten(1).double()  # (C, clips * positions)
-        stats[part] = {"mean": x.mean(1).tolist(), "std": x.std(1).tolist()}
-    return stats
+    if accelerator.is_main_process:
+        means = {"structure": [], "dynamics": []}
+        with torch.no_grad(), accelerator.autocast():
+            for index in range(min(num_clips, len(clips))):
+                item = clips[index]
+                if item is None:
+                    continue
+                encoded = vae.encode(item["video"][None].to(accelerator.device))
+                means["structure"].append(encoded.structure_dist.mean)
+                means["dynamics"].append(encoded.dynamics_dist.mean)
+        for part, values in means.items():
+            x = torch.cat(values).transpose(0, 1).flatten(1).double()  # (C, clips * positions)
+            # Population std, as the latent cache computes it.
+            stats[part] = {"mean": x.mean(1).tolist(), "std": x.std(1, correction=0).tolist()}
+    return broadcast_object_list([stats])[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,15 +185,18 @@ def main(argv: list[str] | None = None) -> int:
         cache = load_latent_cache(config.latent_cache)
         # JSON-normalised (tuples vs lists) public config keys must agree.
         public = lambda c: json.loads(json.dumps({k: v for k, v in dict(c).items() if not k.startswith("_")}))  # noqa: E731
-        if public(cache.vae_config) != public(vae.config):
-            raise ValueError(f"latent cache {config.latent_cache} was made with another autoencoder config than {config.vae}")
+        if public(cache.vae_config) != public(vae.config) or cache.manifest.get("vae_fingerprint") != vae_fingerprint(vae):
+            raise ValueError(
+                f"latent cache {config.latent_cache} was made with another autoencoder than {config.vae} (its config or "
+                "weights differ): encode the data set again with this autoencoder (vidtwin-gen encode-dataset)"
+            )
         train_set, class_names, stats = cache.dataset, cache.class_names, cache.stats
     else:
         _, frames, height, width = vae.sample_shape
         clips = UCF101Clips(config.data_root, config.split, "train", frames, (height, width), config.target_fps,
                             train=True, seed=config.seed)
         train_set, class_names = clips, clips.class_names
-        stats = estimate_statistics(vae, clips, accelerator.device) if not config.pretrained_model_name_or_path else None
+        stats = estimate_statistics(vae, clips, accelerator) if not config.pretrained_model_name_or_path else None
     collate = None if config.latent_cache else collate_clips
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=config.train_batch_size, shuffle=True, drop_last=True, collate_fn=collate,
@@ -268,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         return noise_schedule.add_noise(x0, noise, timesteps), timesteps.float(), x0
 
-    updates_per_epoch = len(loader) // config.gradient_accumulation_steps
-    num_epochs = math.ceil(config.max_train_steps / updates_per_epoch)
-    global_step, first_epoch, batches_to_skip = resume(accelerator, config, updates_per_epoch)
+    global_step, epochs, batches_to_skip = resume(accelerator, config, len(loader))
 
     id2label = dict(enumerate(class_names))
     validation_conditions = config.validation_conditions or class_names[:4]
@@ -282,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     started, last_step = time.monotonic(), False
     progress = tqdm(range(config.max_train_steps), initial=global_step, desc="train dit",
                     disable=not accelerator.is_local_main_process)
-    for epoch in range(first_epoch, num_epochs):
+    for epoch in epochs:
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         loader.set_epoch(epoch)
         skipped = 0
-        active = accelerator.skip_first_batches(loader, batches_to_skip) if epoch == first_epoch else loader
+        active = accelerator.skip_first_batches(loader, batches_to_skip) if epoch == epochs.start else loader
         for batch in active:
             if not config.latent_cache:  # clips decoded on the fly: broken files are skipped and counted
                 skipped += batch["num_skipped"]
@@ -346,18 +352,14 @@ def main(argv: list[str] | None = None) -> int:
 @torch.no_grad()
 def sample(pipe: VidTwinPipeline, ema, model, conditions: list, config: TrainDiTConfig, step: int, accelerator) -> None:
     """Decode one sample per validation condition (EMA weights) to the run folder and the tracker."""
-    if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
     pipe.set_progress_bar_config(disable=True)
     key = "class_labels" if config.conditioning == "class" else "prompt"
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(conditions))]
     model.eval()
-    frames = pipe(**{key: list(conditions)}, num_inference_steps=config.num_inference_steps,
-                  guidance_scale=config.guidance_scale, generator=generators, output_type="pt").frames  # (B, T, 3, H, W)
+    with ema_weights(ema, model):
+        frames = pipe(**{key: list(conditions)}, num_inference_steps=config.num_inference_steps,
+                      guidance_scale=config.guidance_scale, generator=generators, output_type="pt").frames  # (B, T, 3, H, W)
     model.train()
-    if ema is not None:
-        ema.restore(model.parameters())
     names = [f"{i:02d}_{str(c)[:40].replace(' ', '_')}" for i, c in enumerate(conditions)]
     videos = frames.permute(0, 1, 3, 4, 2).float().cpu().numpy()
     export_videos(videos, Path(config.output_dir) / "samples" / f"step-{step}", names, config.target_fps)

@@ -9,7 +9,6 @@ are `output_dir/checkpoint-STEP` (accelerator.save_state, written atomically, ro
 in `output_dir/vae` (EMA weights when `use_ema`).
 """
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,11 @@ from tqdm.auto import tqdm
 
 from ..data.ucf101 import UCF101Clips, collate_clips
 from ..evaluation.metrics import psnr, ssim, to_unit_range
-from ..generate import export_videos
+from ..generate import export_videos, to_frames
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from .checkpointing import save_checkpoint
 from .config import parse_config
-from .run import check_finite, export, resume, start_run, time_is_up
+from .run import check_finite, ema_weights, export, resume, start_run, time_is_up
 from .vae_loss import VidTwinLoss
 
 logger = get_logger(__name__)
@@ -68,7 +67,7 @@ class TrainVAEConfig:
     lr_warmup_steps: int = 5000
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str | None = field(default=None, metadata={"help": "no | fp16 | bf16; default: accelerate's config"})
     use_ema: bool = False
     ema_decay: float = 0.999
     seed: int = 0
@@ -130,8 +129,7 @@ def validate(vae: AutoencoderVidTwin, clips: torch.Tensor, config: TrainVAEConfi
     folder = Path(config.output_dir) / "validation" / f"step-{step}"
     shown = min(config.num_validation_videos, len(clips))
     for name, videos in (("original", clips), ("reconstruction", recon), ("structure", structure), ("dynamics", dynamics)):
-        frames = to_unit_range(videos[:shown]).permute(0, 2, 3, 4, 1).numpy()
-        export_videos(frames, folder, [f"clip{i}_{name}" for i in range(shown)], config.target_fps)
+        export_videos(to_frames(videos[:shown]), folder, [f"clip{i}_{name}" for i in range(shown)], config.target_fps)
     tracker = accelerator.get_tracker("tensorboard", unwrap=True) if config.report_to == "tensorboard" else None
     if tracker is not None:
         for i in range(shown):
@@ -188,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.register_for_checkpointing(ema)
     accelerator.init_trackers("vidtwin-vae", config={k: str(v) for k, v in vars(config).items()})
 
-    updates_per_epoch = len(loader) // config.gradient_accumulation_steps
-    num_epochs = math.ceil(config.max_train_steps / updates_per_epoch)
-    global_step, first_epoch, batches_to_skip = resume(accelerator, config, updates_per_epoch)
+    global_step, epochs, batches_to_skip = resume(accelerator, config, len(loader))
 
     validation_clips = None
     if accelerator.is_main_process:
@@ -204,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     progress = tqdm(range(config.max_train_steps), initial=global_step, desc="train vae",
                     disable=not accelerator.is_local_main_process)
     skipped_total = 0
-    for epoch in range(first_epoch, num_epochs):
+    for epoch in epochs:
         train_set.set_epoch(epoch)
         loader.set_epoch(epoch)
         skipped = 0
-        active = accelerator.skip_first_batches(loader, batches_to_skip) if epoch == first_epoch else loader
+        active = accelerator.skip_first_batches(loader, batches_to_skip) if epoch == epochs.start else loader
         for batch in active:
             skipped += batch["num_skipped"]
             # Every process must take the same steps: skip a batch only if it is empty on some process.
@@ -261,12 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             if global_step % config.validation_steps == 0 or last_step:
                 if accelerator.is_main_process and validation_clips is not None:
                     unwrapped = accelerator.unwrap_model(vae)
-                    if ema is not None:
-                        ema.store(unwrapped.parameters())
-                        ema.copy_to(unwrapped.parameters())
-                    metrics = validate(unwrapped, validation_clips, config, global_step, accelerator)
-                    if ema is not None:
-                        ema.restore(unwrapped.parameters())
+                    with ema_weights(ema, unwrapped):
+                        metrics = validate(unwrapped, validation_clips, config, global_step, accelerator)
                     accelerator.log(metrics, step=global_step)
                     logger.info("step %d: %s", global_step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 accelerator.wait_for_everyone()

@@ -193,7 +193,6 @@ def test_broken_files_are_skipped_logged_once_and_counted(broken_root, caplog):
             batches = list(DataLoader(clips, batch_size=4, collate_fn=collate_clips))
             assert sum(batch["num_skipped"] for batch in batches) == 3
             assert sum(len(batch["path"]) for batch in batches if batch["video"] is not None) == 3
-    assert clips.num_skipped == 6
     warnings = [record for record in caplog.records if "skipping unreadable video" in record.getMessage()]
     assert len(warnings) == 3  # once per file, not once per epoch
     broken = sorted((broken_root / "UCF-101").rglob("*_g01_*.avi"))[:3]

@@ -1,5 +1,10 @@
 """Helpers shared by several test files (imported as `helpers`: pytest puts tests/ on sys.path)."""
 
+import signal
+import subprocess
+import time
+from pathlib import Path
+
 import torch
 
 
@@ -10,3 +15,13 @@ def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torc
         for parameter in model.parameters():
             parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
     return model
+
+
+def kill_when_written(command: list[str], path: Path, timeout: float = 300) -> None:
+    """Run `command` and SIGKILL it as soon as `path` exists (or it exits, or `timeout` passes)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

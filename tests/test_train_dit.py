@@ -1,14 +1,12 @@
 """train_dit: class/text conditioning, both objectives, cache or on-the-fly latents, kill-and-resume equality."""
 
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from helpers import kill_when_written
 
 from vidtwin_gen import AutoencoderVidTwin, VidTwinPipeline, VidTwinTransformer3DModel
 from vidtwin_gen.data import encode_dataset, load_latent_cache
@@ -94,13 +92,8 @@ def test_killed_run_resumes_to_the_same_weights(vae_and_cache, tmp_path):
     assert main(arguments(vae, tmp_path / "reference", **args)) == 0
 
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "vidtwin_gen.training.train_dit", *arguments(vae, out, **args)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint-2").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when_written([sys.executable, "-m", "vidtwin_gen.training.train_dit", *arguments(vae, out, **args)],
+                      out / "checkpoint-2")
     assert not (out / "pipeline").exists(), "the run finished before it could be killed"
 
     assert main(arguments(vae, out, resume_from_checkpoint="latest", **args)) == 0

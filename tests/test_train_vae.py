@@ -2,14 +2,13 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import kill_when_written
 
 from vidtwin_gen import AutoencoderVidTwin
 from vidtwin_gen.training.train_vae import main
@@ -54,13 +53,8 @@ def test_killed_run_resumes_to_the_same_weights(embedded_root, tmp_path):
 
     # The same run, killed with SIGKILL as soon as its first checkpoint is complete, then resumed.
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "vidtwin_gen.training.train_vae", *arguments(embedded_root, out, **args)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint-2").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when_written([sys.executable, "-m", "vidtwin_gen.training.train_vae", *arguments(embedded_root, out, **args)],
+                      out / "checkpoint-2")
     assert not (out / "vae").exists(), "the run finished before it could be killed"
     assert (out / "checkpoint-2").exists()
 

@@ -1,4 +1,5 @@
-"""What both training scripts share around their loops: the run's start, resuming, stopping, and the export."""
+"""What both training scripts share around their loops: their run settings, the run's start, resuming,
+stopping, and the export."""
 
 import contextlib
 import logging
@@ -6,6 +7,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +25,27 @@ from .checkpointing import (
 from .config import save_config
 
 
-def start_run(config) -> Accelerator:
+@dataclass
+class RunConfig:
+    """Settings of every training run; each trainer's config extends it with its data, model and optimiser keys."""
+
+    output_dir: str = "runs"
+    seed: int = 0
+    max_train_steps: int = 1000
+    max_train_minutes: float | None = field(default=None, metadata={"help": "also stop (checkpoint, validate, export) after this wall time"})
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str | None = field(default=None, metadata={"help": "no | fp16 | bf16; default: accelerate's config"})
+    dataloader_num_workers: int = 2
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    validation_steps: int = 500
+    report_to: str | None = field(default="tensorboard", metadata={"help": "an Accelerate tracker, or none"})
+    logging_steps: int = 10
+
+
+def start_run(config: RunConfig) -> Accelerator:
     """The Accelerator, logging, the seed, and `output_dir` with the resolved config (`train_config.yaml`).
 
     The Accelerator comes first: nothing may touch accelerate's state before it exists. The seedable sampler
@@ -48,7 +70,7 @@ def start_run(config) -> Accelerator:
     return accelerator
 
 
-def resume(accelerator: Accelerator, config, batches_per_epoch: int) -> tuple[int, range, int]:
+def resume(accelerator: Accelerator, config: RunConfig, batches_per_epoch: int) -> tuple[int, range, int]:
     """Per-process random streams, then `resume_from_checkpoint` if there is one.
 
     Call it once everything is built and prepared. Returns (global_step, the epochs left to run, batches to

@@ -34,7 +34,7 @@ from ..models.transformer_vidtwin import VidTwinTransformer3DModel
 from ..pipelines.pipeline_vidtwin import VidTwinPipeline, encode_prompt
 from .checkpointing import save_checkpoint
 from .config import parse_config
-from .run import check_finite, ema_weights, export, resume, start_run, time_is_up
+from .run import RunConfig, check_finite, ema_weights, export, resume, start_run, time_is_up
 from .train_vae import frame_strip
 
 logger = get_logger(__name__)
@@ -42,14 +42,14 @@ OBJECTIVES = ("flow", "x0")
 
 
 @dataclass
-class TrainDiTConfig:
+class TrainDiTConfig(RunConfig):
+    output_dir: str = "runs/dit"
     # data
     vae: str = field(default="runs/vae/vae", metadata={"help": "AutoencoderVidTwin folder; decodes samples, joins the pipeline"})
     latent_cache: str | None = field(default=None, metadata={"help": "vidtwin-gen encode-dataset output; None: encode on the fly"})
     data_root: str | None = field(default=None, metadata={"help": "UCF-101 layout, for on-the-fly encoding"})
     split: int = 1
     target_fps: float = 8.0
-    dataloader_num_workers: int = 2
     sample_posterior: bool = field(default=True, metadata={"help": "train on z ~ q(z|x) rather than its mean"})
     # conditioning
     conditioning: str = field(default="class", metadata={"help": "class | text"})
@@ -67,8 +67,6 @@ class TrainDiTConfig:
     flow_shift: float = field(default=1.0, metadata={"help": "FlowMatchEulerDiscreteScheduler shift (training and sampling)"})
     # optimisation
     train_batch_size: int = 32
-    max_train_steps: int = 1000
-    max_train_minutes: float | None = field(default=None, metadata={"help": "also stop (checkpoint, validate, export) after this wall time"})
     learning_rate: float = 1e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -76,23 +74,12 @@ class TrainDiTConfig:
     adam_epsilon: float = 1e-8
     lr_scheduler: str = "constant_with_warmup"
     lr_warmup_steps: int = 500
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    mixed_precision: str | None = field(default=None, metadata={"help": "no | fp16 | bf16; default: accelerate's config"})
     use_ema: bool = True
     ema_decay: float = 0.9999
-    seed: int = 0
-    # checkpoints, samples, logging
-    output_dir: str = "runs/dit"
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 3
-    resume_from_checkpoint: str | None = None
-    validation_steps: int = 500
+    # samples at validation
     validation_conditions: list = field(default_factory=list, metadata={"help": "class names or prompts to sample; default: the first 4 classes"})
     num_inference_steps: int = 50
     guidance_scale: float = 4.0
-    report_to: str | None = "tensorboard"
-    logging_steps: int = 10
 
 
 def default_text_encoder_path() -> str:

@@ -25,19 +25,19 @@ from ..generate import export_videos, to_frames
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from .checkpointing import save_checkpoint
 from .config import parse_config
-from .run import check_finite, ema_weights, export, resume, start_run, time_is_up
+from .run import RunConfig, check_finite, ema_weights, export, resume, start_run, time_is_up
 from .vae_loss import VidTwinLoss
 
 logger = get_logger(__name__)
 
 
 @dataclass
-class TrainVAEConfig:
+class TrainVAEConfig(RunConfig):
+    output_dir: str = "runs/vae"
     # data
     data_root: str = field(default="data/embedded", metadata={"help": "UCF-101 layout: UCF-101/ and ucfTrainTestlist/"})
     split: int = field(default=1, metadata={"help": "UCF-101 split 1-3; training uses its train list"})
     target_fps: float = field(default=8.0, metadata={"help": "clip frame rate; interval = round(source fps / this)"})
-    dataloader_num_workers: int = 2
     num_validation_clips: int = field(default=8, metadata={"help": "held-out clips (test list) scored at validation"})
     # model
     pretrained_model_name_or_path: str | None = field(default=None, metadata={"help": "fine-tune a saved AutoencoderVidTwin"})
@@ -55,8 +55,6 @@ class TrainVAEConfig:
     disc_weight: float = 0.05
     # optimisation
     train_batch_size: int = field(default=4, metadata={"help": "clips per device and step"})
-    max_train_steps: int = 1000
-    max_train_minutes: float | None = field(default=None, metadata={"help": "also stop (checkpoint, validate, export) after this wall time"})
     learning_rate: float = 1.6e-4
     disc_learning_rate: float | None = field(default=None, metadata={"help": "defaults to learning_rate"})
     adam_beta1: float = 0.9
@@ -65,21 +63,10 @@ class TrainVAEConfig:
     adam_epsilon: float = 1e-8
     lr_scheduler: str = field(default="cosine", metadata={"help": "any diffusers.optimization scheduler name"})
     lr_warmup_steps: int = 5000
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    mixed_precision: str | None = field(default=None, metadata={"help": "no | fp16 | bf16; default: accelerate's config"})
     use_ema: bool = False
     ema_decay: float = 0.999
-    seed: int = 0
-    # checkpoints, validation, logging
-    output_dir: str = "runs/vae"
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 3
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
-    validation_steps: int = 500
+    # validation
     num_validation_videos: int = field(default=2, metadata={"help": "clips written as videos at validation"})
-    report_to: str | None = field(default="tensorboard", metadata={"help": "an Accelerate tracker, or none"})
-    logging_steps: int = 10
 
 
 def build_vae(config: TrainVAEConfig) -> AutoencoderVidTwin:

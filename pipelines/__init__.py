@@ -1,5 +1,5 @@
 """Diffusers pipelines, installed as `vidtwin_gen.pipelines`."""
 
-from .pipeline_vidtwin import VidTwinPipeline, VidTwinPipelineOutput, encode_prompt
+from .pipeline_vidtwin import VidTwinPipeline, VidTwinPipelineOutput, encode_text
 
-__all__ = ["VidTwinPipeline", "VidTwinPipelineOutput", "encode_prompt"]
+__all__ = ["VidTwinPipeline", "VidTwinPipelineOutput", "encode_text"]

@@ -44,7 +44,7 @@ class VidTwinPipelineOutput(BaseOutput):
     frames: np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]
 
 
-def encode_prompt(
+def encode_text(
     text_encoder, tokenizer, prompts: list[str], max_sequence_length: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Text-encoder states (B, L, D) and attention mask (B, L) for a list of prompts.
@@ -151,10 +151,10 @@ class VidTwinPipeline(DiffusionPipeline):
         self, prompt: list[str], negative_prompt: list[str] | None, max_sequence_length: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(states, mask) for the prompts and, when given, for the negative prompts."""
-        states, mask = encode_prompt(self.text_encoder, self.tokenizer, prompt, max_sequence_length, device)
+        states, mask = encode_text(self.text_encoder, self.tokenizer, prompt, max_sequence_length, device)
         if negative_prompt is None:
             return states, mask, None, None
-        negative_states, negative_mask = encode_prompt(
+        negative_states, negative_mask = encode_text(
             self.text_encoder, self.tokenizer, negative_prompt, max_sequence_length, device
         )
         return states, mask, negative_states, negative_mask

@@ -31,7 +31,7 @@ from ..data.ucf101 import CAPTION_TEMPLATES, UCF101Clips, collate_clips
 from ..generate import export_videos
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from ..models.transformer_vidtwin import VidTwinTransformer3DModel
-from ..pipelines.pipeline_vidtwin import VidTwinPipeline, encode_prompt
+from ..pipelines.pipeline_vidtwin import VidTwinPipeline, encode_text
 from .checkpointing import save_checkpoint
 from .config import parse_config
 from .run import RunConfig, check_finite, ema_weights, export, resume, start_run, time_is_up
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = sorted({c for c in captions if c not in prompt_cache})
         if missing:
             with torch.no_grad():
-                states, mask = encode_prompt(text_encoder, tokenizer, missing, config.max_sequence_length, accelerator.device)
+                states, mask = encode_text(text_encoder, tokenizer, missing, config.max_sequence_length, accelerator.device)
             prompt_cache.update({c: (s, m) for c, s, m in zip(missing, states, mask)})
         return torch.stack([prompt_cache[c][0] for c in captions]), torch.stack([prompt_cache[c][1] for c in captions])
 

@@ -244,13 +244,16 @@ def _checked_frames(container, stream, path, deadline: float, time_limit: float)
     and would otherwise hand over visibly wrong frames) and stopping at the file's time limit."""
     decoded = 0
     try:
-        for frame in container.decode(stream):
-            if frame.is_corrupt:
-                raise VideoDecodeError(f"{path} is corrupt: frame {decoded} was damaged (concealed by the decoder)")
+        # `container.decode` unrolled, so that the clock is read per packet: a file of packets that decode to
+        # no frames must hit the limit too.
+        for packet in container.demux(stream):
             if time.monotonic() > deadline:
                 raise VideoDecodeError(f"{path} took over the {time_limit:g} s limit to decode ({decoded} frames)")
-            decoded += 1
-            yield frame
+            for frame in packet.decode():
+                if frame.is_corrupt:
+                    raise VideoDecodeError(f"{path} is corrupt: frame {decoded} was damaged (concealed by the decoder)")
+                decoded += 1
+                yield frame
     except av.FFmpegError as error:
         raise VideoDecodeError(f"{path} is corrupt: decoding failed after {decoded} frames ({error})") from error
 

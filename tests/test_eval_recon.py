@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from vidtwin_gen.data.ucf101 import load_ucf101
-from vidtwin_gen.data.video_io import load_clip, write_video
+from vidtwin_gen.data.output_paths import OutputPathError
+from vidtwin_gen.data.video_io import VideoDecodeError, iter_clips, load_clip, write_video
+from vidtwin_gen.evaluation import reconstruction
 from vidtwin_gen.evaluation.metrics import psnr, ssim, to_unit_range
 from vidtwin_gen.evaluation.reconstruction import main
 from vidtwin_gen.models import AutoencoderVidTwin
@@ -80,3 +82,36 @@ def test_eval_recon_argument_errors(vae_dir, tmp_path, capsys):
     assert "both --lpips-vgg and --lpips-lin" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--vae", str(vae_dir)])  # no data
+
+
+def test_eval_recon_scores_only_files_that_decode_whole(vae_dir, tmp_path):
+    # A file damaged after its first clips: the clips it yields before the damage must not be scored.
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "videos"
+    noise = rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
+    write_video(folder / "good.avi", noise, fps=25)
+    write_video(folder / "late_damage.avi", noise, fps=25)
+    data = (folder / "late_damage.avi").read_bytes()
+    (folder / "late_damage.avi").write_bytes(data[: int(len(data) * 0.8)])  # 3 clips of 8; the third is cut off
+
+    yielded = []
+    with pytest.raises(VideoDecodeError):
+        for clip in iter_clips(folder / "late_damage.avi", 8, (32, 32), 25.0):
+            yielded.append(clip)
+    assert len(yielded) >= 1  # the reader hands over clips before it finds the damage
+
+    output = tmp_path / "recon.json"
+    assert main(["--vae", str(vae_dir), "--video-dir", str(folder), "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert (report["num_clips"], report["num_videos"], report["num_skipped"]) == (3, 2, 1)
+
+
+def test_eval_recon_checks_its_output_folder_before_loading_anything(tmp_path, monkeypatch):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(reconstruction.AutoencoderVidTwin, "from_pretrained", must_not_load)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OutputPathError, match="a_file"):
+        main(["--vae", str(tmp_path), "--video-dir", str(tmp_path), "--output", str(blocker / "recon.json")])

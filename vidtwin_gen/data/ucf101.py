@@ -130,7 +130,7 @@ def load_ucf101(root, split: int = 1, subset: str = "train") -> datasets.Dataset
         labels.append(label)
     if not paths:
         raise ValueError(f"{list_file} lists no videos")
-    missing = [p for p in paths if not Path(p).is_file()]
+    missing = [p for p in paths if not Path(p).exists()]  # a listed non-file (a pipe) is refused when decoded
     if len(missing) == len(paths):
         raise FileNotFoundError(f"none of the {len(paths)} videos in {list_file} exist under {videos}; {_LAYOUT}")
     if missing:

@@ -8,11 +8,20 @@ clip is padded by repeating its last frame. Frames are resized so that the short
 (inside FFmpeg's scaler, on the needed frames only) and then cropped, at random or in the centre. Decoding
 stops after the last needed frame, so the cost of a clip grows with where it ends, not with the video length.
 
-Files that cannot be read (missing, empty, not a video, truncated, corrupt) raise `VideoDecodeError`; the data
-sets built on this module catch it, log the file once and count it.
+Files that cannot be read raise `VideoDecodeError` naming the file: missing, empty, not a regular file (a named
+pipe would block forever), not a video, truncated, corrupt (including damage FFmpeg conceals: frames it flags
+as corrupt are refused), slower to decode than a per-file time limit, or failing in any other way while opened
+or decoded. The data sets built on this module catch it, log the file once and count it. Metadata that is not
+UTF-8 is read leniently. A header that undercounts the frames or gives an implausible frame rate is corrected
+from the packets and the codec, with one warning per file, instead of producing a frozen clip.
 """
 
+import logging
+import os
+import stat
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,6 +30,8 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
+logger = logging.getLogger(__name__)
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
 # A file that decodes to fewer frames than its header promises is truncated. A few frames of slack keep
@@ -28,6 +39,16 @@ VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 # slack the clip is padded with the last decoded frame, like any clip that runs past the end.
 _TRUNCATION_SLACK_FRAMES = 2
 _TRUNCATION_SLACK_FRACTION = 0.02
+
+# A header frame rate outside this range is a damaged or hostile header (1e9 fps would make every clip one frame
+# repeated); the codec's own rate is used instead.
+_PLAUSIBLE_FPS = (1.0, 1000.0)
+
+# Default wall-clock limit on opening and decoding one file, in seconds: a stalled network mount or a
+# pathological file is skipped instead of stopping a run. Generous: a 10-minute 1080p file decodes in well under it.
+DECODE_TIME_LIMIT_S = 300.0
+
+_warned: set[tuple[str, str]] = set()
 
 
 class VideoDecodeError(RuntimeError):
@@ -60,9 +81,8 @@ def sample_frame_indices(
     """
     if num_source_frames < 1:
         raise ValueError(f"num_source_frames must be >= 1, got {num_source_frames}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if target_fps is not None and (target_fps <= 0 or source_fps <= 0):
+    _check_sampling(num_frames, target_fps, mode)
+    if target_fps is not None and source_fps <= 0:
         raise ValueError(f"frame rates must be positive, got source_fps={source_fps}, target_fps={target_fps}")
     stride = 1 if target_fps is None else max(1, round(source_fps / target_fps))
     span = (num_frames - 1) * stride + 1
@@ -74,11 +94,23 @@ def sample_frame_indices(
         start = int(torch.randint(0, max_start + 1, (1,), generator=generator))
     elif mode == "center":
         start = max_start // 2
-    elif isinstance(mode, (int, float)) and not isinstance(mode, bool) and 0 <= mode <= 1:
-        start = int(mode * max_start)
     else:
-        raise ValueError(f"mode must be 'random', 'center' or a float in [0, 1], got {mode!r}")
+        start = int(mode * max_start)
     return [start + i * stride for i in range(num_frames)]
+
+
+def _check_sampling(num_frames: int, target_fps: float | None, mode: str | float, time_limit: float = 1.0) -> None:
+    """The argument checks of `sample_frame_indices` (and the time limit), made before a file is opened, so that
+    they stay ValueErrors rather than a skipped file."""
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if target_fps is not None and not target_fps > 0:
+        raise ValueError(f"target_fps must be positive or None, got {target_fps}")
+    numeric = isinstance(mode, (int, float)) and not isinstance(mode, bool)
+    if mode not in ("random", "center") and not (numeric and 0 <= mode <= 1):
+        raise ValueError(f"mode must be 'random', 'center' or a float in [0, 1], got {mode!r}")
 
 
 def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -132,10 +164,41 @@ def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     return video.float().div_(127.5).sub_(1.0)
 
 
-def _open_video(path) -> tuple[av.container.InputContainer, av.VideoStream]:
+def _warn_once(path, kind: str, message: str) -> None:
+    """Log `message` the first time this process sees this kind of problem in this file."""
+    if (str(path), kind) not in _warned:
+        _warned.add((str(path), kind))
+        logger.warning(message)
+
+
+@contextmanager
+def _failures_name_the_file(path):
+    """Any exception while a file is opened or decoded becomes a `VideoDecodeError` naming it: real files fail in
+    ways no list anticipates (a UnicodeDecodeError from metadata, a MemoryError from a hostile size field), and
+    each must be one skipped file, not a dead run."""
     try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as error:
+        yield
+    except VideoDecodeError:
+        raise
+    except Exception as error:
+        raise VideoDecodeError(f"cannot read {path}: {type(error).__name__}: {error}") from error
+
+
+def _open_video(path, time_limit: float = DECODE_TIME_LIMIT_S) -> tuple[av.container.InputContainer, av.VideoStream]:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise VideoDecodeError(f"cannot open {path}: {error.strerror or error}") from error
+    if not stat.S_ISREG(mode):
+        # Opening a named pipe blocks until something writes to it; a device may never end.
+        raise VideoDecodeError(f"{path} is not a regular file (a named pipe, device or folder): not read")
+    try:
+        # Metadata is decoded leniently: a latin-1 INFO tag must not make a readable video unreadable.
+        # `timeout` bounds each blocking read, the deadline in `_checked_frames` the whole file.
+        container = av.open(str(path), metadata_errors="replace", timeout=time_limit)
+    except av.ExitError as error:  # FFmpeg's interrupt: the timeout passed
+        raise VideoDecodeError(f"cannot open {path}: no data within the {time_limit:g} s limit") from error
+    except Exception as error:
         raise VideoDecodeError(f"cannot open {path}: {error}") from error
     if not container.streams.video:
         container.close()
@@ -146,28 +209,76 @@ def _open_video(path) -> tuple[av.container.InputContainer, av.VideoStream]:
 
 
 def _frame_rate(stream: av.VideoStream, path) -> float:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    if not rate or rate <= 0:
-        raise VideoDecodeError(f"{path} has no frame rate in its header")
-    return float(rate)
+    """The header's average frame rate, or, when that is missing or implausible, the first plausible one of the
+    guessed (codec/timestamp) and base rates."""
+    low, high = _PLAUSIBLE_FPS
+    candidates = (stream.average_rate, stream.guessed_rate, stream.base_rate, stream.codec_context.framerate)
+    plausible = [float(rate) for rate in candidates if rate and low <= rate <= high]
+    if not plausible:
+        raise VideoDecodeError(f"{path} has no plausible frame rate in its header (rates {[str(r) for r in candidates]}; "
+                               f"expected {low:g}..{high:g} fps)")
+    if stream.average_rate and plausible[0] != stream.average_rate:
+        _warn_once(path, "fps", f"{path}: the header's frame rate {float(stream.average_rate):g} fps is implausible; "
+                                f"using {plausible[0]:g} fps, guessed from the codec and timestamps")
+    return plausible[0]
 
 
-def _count_frames(path) -> int:
-    """Frame count for containers whose header has none (mkv, webm): count the video packets, no decoding."""
-    container, stream = _open_video(path)
+def _count_frames(path, time_limit: float = DECODE_TIME_LIMIT_S) -> int:
+    """Frames in the file, counted from its video packets without decoding (for headers with no count or a wrong one)."""
+    container, stream = _open_video(path, time_limit)
+    deadline = time.monotonic() + time_limit
+    count = 0
+    with container:
+        try:
+            for packet in container.demux(stream):
+                count += packet.size > 0
+                if count % 256 == 0 and time.monotonic() > deadline:
+                    raise VideoDecodeError(f"{path}: counting its frames took over the {time_limit:g} s limit")
+        except av.FFmpegError as error:
+            raise VideoDecodeError(f"cannot read {path}: {error}") from error
+    return count
+
+
+def _checked_frames(container, stream, path, deadline: float, time_limit: float) -> Iterator[av.VideoFrame]:
+    """The stream's decoded frames, refusing any the decoder flags as damaged (FFmpeg conceals bitstream errors
+    and would otherwise hand over visibly wrong frames) and stopping at the file's time limit."""
+    decoded = 0
     try:
-        with container:
-            return sum(1 for packet in container.demux(stream) if packet.size)
+        # `container.decode` unrolled, so that the clock is read per packet: a file of packets that decode to
+        # no frames must hit the limit too.
+        for packet in container.demux(stream):
+            if time.monotonic() > deadline:
+                raise VideoDecodeError(f"{path} took over the {time_limit:g} s limit to decode ({decoded} frames)")
+            for frame in packet.decode():
+                if frame.is_corrupt:
+                    raise VideoDecodeError(f"{path} is corrupt: frame {decoded} was damaged (concealed by the decoder)")
+                decoded += 1
+                yield frame
     except av.FFmpegError as error:
-        raise VideoDecodeError(f"cannot read {path}: {error}") from error
+        raise VideoDecodeError(f"{path} is corrupt: decoding failed after {decoded} frames ({error})") from error
 
 
 def _check_not_truncated(path, decoded: int, expected: int) -> None:
     if decoded == 0:
         raise VideoDecodeError(f"{path} contains no decodable frames")
-    slack = max(_TRUNCATION_SLACK_FRAMES, int(_TRUNCATION_SLACK_FRACTION * expected))
+    slack = _frame_count_slack(expected)
     if decoded < expected - slack:
         raise VideoDecodeError(f"{path} is truncated or corrupt: its header promises {expected} frames, {decoded} decode")
+
+
+def _frame_count_slack(expected: int) -> int:
+    return max(_TRUNCATION_SLACK_FRAMES, int(_TRUNCATION_SLACK_FRACTION * expected))
+
+
+def _checked_frame_count(path, header: int, time_limit: float) -> int:
+    """The header's frame count checked against the file's packets: the packet count when the file holds more
+    (1 in the header for a 70-frame file would give a clip of one frame repeated), with one warning per file."""
+    counted = _count_frames(path, time_limit)
+    if counted <= header + _frame_count_slack(header):
+        return header
+    _warn_once(path, "frames", f"{path}: the header says {header} frames but the file holds {counted}; "
+                               "sampling from the frames it holds")
+    return counted
 
 
 def load_clip(
@@ -177,6 +288,7 @@ def load_clip(
     target_fps: float | None = None,
     mode: str | float = "center",
     generator: torch.Generator | None = None,
+    time_limit: float = DECODE_TIME_LIMIT_S,
 ) -> torch.Tensor:
     """Decode one clip of a video.
 
@@ -188,40 +300,47 @@ def load_clip(
         mode: "random" (random start and random crop), "center" (centred start and crop), or a float in [0, 1]
             placing the start (centre crop).
         generator: RNG for "random".
+        time_limit: seconds allowed for opening and decoding this file.
 
     Returns:
         (3, T, H, W) float32 in [-1, 1].
 
     Raises:
-        VideoDecodeError: the file is missing, empty, truncated, corrupt or not a video.
+        VideoDecodeError: the file is missing, empty, not a regular file, truncated, corrupt, not a video, too
+            slow to decode, or fails in any other way.
     """
     height, width = _size_hw(size)
-    container, stream = _open_video(path)
-    with container:
-        fps = _frame_rate(stream, path) if target_fps is not None else 1.0
-        total = stream.frames or _count_frames(path)
-        if total < 1:
-            raise VideoDecodeError(f"{path} contains no frames")
-        indices = sample_frame_indices(total, fps, num_frames, target_fps, mode, generator)
-        wanted, last = set(indices), indices[-1]
-        convert = _FrameConverter((height, width), random_crop=mode == "random", generator=generator)
-        frames, decoded, frame = {}, 0, None
-        try:
-            for frame in container.decode(stream):
+    _check_sampling(num_frames, target_fps, mode, time_limit)
+    deadline = time.monotonic() + time_limit
+    with _failures_name_the_file(path):
+        container, stream = _open_video(path, time_limit)
+        with container:
+            fps = _frame_rate(stream, path) if target_fps is not None else 1.0
+            total = stream.frames or _count_frames(path, time_limit)
+            indices = sample_frame_indices(total, fps, num_frames, target_fps, mode, generator)
+            if stream.frames and indices[-1] >= total - 1:
+                # Only a clip reaching the header's last frame can be hurt by a count that is too low (clips
+                # inside it hold frames that exist), so only such a clip pays for checking it.
+                checked = _checked_frame_count(path, total, time_limit)
+                if checked != total:
+                    total = checked
+                    indices = sample_frame_indices(total, fps, num_frames, target_fps, mode, generator)
+            wanted, last = set(indices), indices[-1]
+            convert = _FrameConverter((height, width), random_crop=mode == "random", generator=generator)
+            frames, decoded, frame = {}, 0, None
+            for frame in _checked_frames(container, stream, path, deadline, time_limit):
                 if decoded in wanted:
                     frames[decoded] = convert(frame)
                 decoded += 1
                 if decoded > last:
                     break
-        except av.FFmpegError as error:
-            raise VideoDecodeError(f"{path} is corrupt: decoding failed after {decoded} frames ({error})") from error
-        if decoded <= last:
-            # The stream ended early. Within the slack the clip is padded with the last frame decoded.
-            _check_not_truncated(path, decoded, total)
-            if decoded - 1 not in frames:
-                frames[decoded - 1] = convert(frame)
-            indices = [min(i, decoded - 1) for i in indices]
-    return _to_tensor([frames[i] for i in indices])
+            if decoded <= last:
+                # The stream ended early. Within the slack the clip is padded with the last frame decoded.
+                _check_not_truncated(path, decoded, total)
+                if decoded - 1 not in frames:
+                    frames[decoded - 1] = convert(frame)
+                indices = [min(i, decoded - 1) for i in indices]
+        return _to_tensor([frames[i] for i in indices])
 
 
 def iter_clips(
@@ -230,6 +349,7 @@ def iter_clips(
     size: int | tuple[int, int],
     target_fps: float | None = None,
     max_clips: int | None = None,
+    time_limit: float = DECODE_TIME_LIMIT_S,
 ) -> Iterator[torch.Tensor]:
     """Consecutive non-overlapping clips of one video, centre-cropped (MCL-JCV-style evaluation).
 
@@ -240,21 +360,23 @@ def iter_clips(
         (3, T, H, W) float32 in [-1, 1], at most `max_clips` of them.
 
     Raises:
-        VideoDecodeError: where the problem is found; clips already yielded hold valid frames.
+        VideoDecodeError: where the problem is found; clips already yielded hold valid frames, but a caller that
+            wants only wholly readable files must hold a file's clips back until the iterator ends.
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    _size_hw(size)
+    _check_sampling(num_frames, target_fps, "center", time_limit)
     if max_clips is not None and max_clips < 1:
         return
-    container, stream = _open_video(path)
-    with container:
-        fps = _frame_rate(stream, path) if target_fps is not None else 1.0
-        stride = 1 if target_fps is None else max(1, round(fps / target_fps))
-        expected = stream.frames
-        convert = _FrameConverter(size)
-        clip, decoded, yielded = [], 0, 0
-        try:
-            for frame in container.decode(stream):
+    deadline = time.monotonic() + time_limit
+    with _failures_name_the_file(path):
+        container, stream = _open_video(path, time_limit)
+        with container:
+            fps = _frame_rate(stream, path) if target_fps is not None else 1.0
+            stride = 1 if target_fps is None else max(1, round(fps / target_fps))
+            expected = stream.frames
+            convert = _FrameConverter(size)
+            clip, decoded, yielded = [], 0, 0
+            for frame in _checked_frames(container, stream, path, deadline, time_limit):
                 if decoded % stride == 0:
                     clip.append(convert(frame))
                     if len(clip) == num_frames:
@@ -263,11 +385,11 @@ def iter_clips(
                         if yielded == max_clips:
                             return
                 decoded += 1
-        except av.FFmpegError as error:
-            raise VideoDecodeError(f"{path} is corrupt: decoding failed after {decoded} frames ({error})") from error
-        _check_not_truncated(path, decoded, expected or decoded)
-        if yielded == 0:
-            yield _to_tensor(clip + [clip[-1]] * (num_frames - len(clip)))
+            _check_not_truncated(path, decoded, expected or decoded)
+            if expected and decoded > expected + _frame_count_slack(expected):
+                _warn_once(path, "frames", f"{path}: the header says {expected} frames but {decoded} decode")
+            if yielded == 0:
+                yield _to_tensor(clip + [clip[-1]] * (num_frames - len(clip)))
 
 
 def list_videos(folder) -> list[Path]:

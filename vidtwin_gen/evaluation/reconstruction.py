@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.output_paths import ensure_writable_dir
 from ..data.ucf101 import load_ucf101
 from ..data.video_io import VideoDecodeError, iter_clips, list_videos, load_clip
 from ..models import AutoencoderVidTwin
@@ -55,12 +56,18 @@ def _ucf101_clips(
 def _folder_clips(
     paths: list[str], num_frames: int, size: tuple[int, int], fps: float | None, counter: _SkipCounter
 ) -> Iterator[torch.Tensor]:
-    """Every consecutive clip (3, T, H, W) of every video."""
+    """Every consecutive clip (3, T, H, W) of every video whose whole file decodes.
+
+    A file's clips are held back until its last frame has decoded: a file found broken halfway is skipped whole,
+    so the scores never mix clips of files counted as unreadable (a file's clips are few, the memory small).
+    """
     for path in paths:
         try:
-            yield from iter_clips(path, num_frames, size, fps)
+            clips = list(iter_clips(path, num_frames, size, fps))
         except VideoDecodeError as error:
             counter.skip(error)
+            continue
+        yield from clips
 
 
 @torch.no_grad()
@@ -129,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or (args.max_clips is not None and args.max_clips < 1):
         parser.error("--batch-size and --max-clips must be positive")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ensure_writable_dir(Path(args.output).absolute().parent, "--output's folder")
 
     vae = AutoencoderVidTwin.from_pretrained(args.vae).to(device).eval()
     _, num_frames, height, width = vae.sample_shape
@@ -170,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": "PSNR per frame on [0,1] then mean; SSIM 11x11 Gaussian (sigma 1.5), valid region, per channel; "
         "reconstructions clamped to [-1,1]" + ("; LPIPS(VGG16 v0.1) per frame" if lpips is not None else ""),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
 
     names = list(summary)

@@ -397,9 +397,11 @@ class VidTwinPipeline(DiffusionPipeline):
         expected, got = self.config.prediction_type, scheduler_prediction_type(self.scheduler)
         if expected is not None and got != expected:
             if expected == FLOW_PREDICTION:
-                fix = "a flow-matching scheduler (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)"
+                fix = ("a flow-matching scheduler (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, or "
+                       "UniPCMultistepScheduler with prediction_type='flow_prediction', use_flow_sigmas=True)")
             else:
-                fix = f"a DDPM-family scheduler (DDIM, DPMSolverMultistep, UniPCMultistep, EulerDiscrete) with prediction_type={expected!r}"
+                fix = ("a DDPM-family scheduler (DDIM, DPMSolverMultistep, UniPCMultistep, EulerDiscrete) with "
+                       f"prediction_type={expected!r}")
             raise ValueError(
                 f"the scheduler {type(self.scheduler).__name__} expects a model predicting {got!r}, but this "
                 f"pipeline's transformer predicts {expected!r}: sampling would give noise. Use {fix}, e.g. "

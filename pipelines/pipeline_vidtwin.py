@@ -156,11 +156,15 @@ class VidTwinPipeline(DiffusionPipeline):
         )
         # JSON turns the integer keys into strings; normalise both ways.
         id2label = {int(key): value for key, value in (id2label or {}).items()}
-        duplicates = sorted({name for name in id2label.values() if list(id2label.values()).count(name) > 1})
+        ids_by_name = {}
+        for key, name in sorted(id2label.items()):
+            ids_by_name.setdefault(name, []).append(key)
+        duplicates = {name: ids for name, ids in ids_by_name.items() if len(ids) > 1}
         if duplicates:
+            shared = "; ".join(f"{name!r}: ids {ids}" for name, ids in duplicates.items())
             raise ValueError(
-                f"id2label gives the same name to several ids ({', '.join(map(repr, duplicates))}), so some ids "
-                "could never be asked for by name: make every class name unique"
+                f"id2label gives the same name to several ids ({shared}), so some ids could never be asked for by "
+                "name: make every class name unique"
             )
         if prediction_type is None and scheduler is not None:
             prediction_type = scheduler_prediction_type(scheduler)
@@ -635,14 +639,14 @@ class VidTwinPipeline(DiffusionPipeline):
                                              negative_prompt_attention_mask, num_videos_per_prompt, device)
         batch_size = next(iter(conditions.values())).shape[0] // (2 if self.do_classifier_free_guidance else 1)
 
-        # 4. Initial noise and the parts held fixed.
+        # 4. Timesteps (before the noise: `init_noise_sigma` depends on them, e.g. for EulerDiscreteScheduler).
+        timesteps = self.set_timesteps(num_inference_steps, device)
+        self._num_timesteps = len(timesteps)
+
+        # 5. Initial noise and the parts held fixed.
         latents = self.prepare_latents(batch_size, generator, latents, device)
         fixed = self._fixed_parts(batch_size, structure_latents, dynamics_latents, device)
         fixed_noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=torch.float32) if fixed else None
-
-        # 5. Timesteps.
-        timesteps = self.set_timesteps(num_inference_steps, device)
-        self._num_timesteps = len(timesteps)
 
         # 6. Denoising loop.
         with self.progress_bar(total=len(timesteps)) as progress_bar:

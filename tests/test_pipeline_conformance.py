@@ -292,7 +292,7 @@ def test_remote_code_shim_is_verifiable(pipe, tmp_path):
 
 
 def test_duplicate_class_names_are_refused_at_construction_and_load(pipe, tmp_path):
-    with pytest.raises(ValueError, match="id2label gives the same name to several ids \\('Spin'\\)"):
+    with pytest.raises(ValueError, match="id2label gives the same name to several ids \\('Spin': ids \\[0, 2\\]\\)"):
         VidTwinPipeline(**pipe.components, id2label={0: "Spin", 1: "Drift", 2: "Spin"})
     pipe.save_pretrained(tmp_path / "pipe")
     index_path = tmp_path / "pipe" / "model_index.json"

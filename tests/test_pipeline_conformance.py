@@ -75,6 +75,35 @@ def test_load_in_bfloat16_and_to_dtype(pipe, tmp_path):
     assert loaded.transformer.dtype == loaded.vae.dtype == torch.float32
 
 
+def test_save_load_variants_and_shards(pipe, tmp_path):
+    expected = generate(pipe, [1])
+    pipe.save_pretrained(tmp_path / "variant", variant="ema")
+    files = {p.name for p in (tmp_path / "variant" / "transformer").iterdir()}
+    assert "diffusion_pytorch_model.ema.safetensors" in files
+    loaded = VidTwinPipeline.from_pretrained(tmp_path / "variant", variant="ema")
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(generate(loaded, [1]), expected, atol=1e-6)
+    pipe.save_pretrained(tmp_path / "shards", max_shard_size="200KB")
+    shards = sorted(p.name for p in (tmp_path / "shards" / "transformer").glob("*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "shards" / "transformer" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    loaded = VidTwinPipeline.from_pretrained(tmp_path / "shards")
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(generate(loaded, [1]), expected, atol=1e-6)
+
+
+def test_bfloat16_round_trip(pipe, tmp_path):
+    half = VidTwinPipeline(**pipe.components, id2label=CLASSES)
+    half.save_pretrained(tmp_path / "fp32")
+    half = VidTwinPipeline.from_pretrained(tmp_path / "fp32", dtype=torch.bfloat16)
+    half.set_progress_bar_config(disable=True)
+    expected = generate(half, [0])
+    half.save_pretrained(tmp_path / "bf16")
+    loaded = VidTwinPipeline.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.transformer.dtype == loaded.vae.dtype == torch.bfloat16
+    np.testing.assert_array_equal(generate(loaded, [0]), expected)
+
+
 def test_save_without_the_optional_text_encoder_and_run_from_embeddings(text_pipe, tmp_path):
     embeds = text_pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=True, negative_prompt="")
     expected = run_text(text_pipe, prompt=PROMPTS)

@@ -259,6 +259,8 @@ class VidTwinPipeline(DiffusionPipeline):
         num_classes = self.transformer.config.num_classes
         ids = []
         for label in labels:
+            if torch.is_tensor(label) and label.ndim == 0:
+                label = label.item()
             if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
                 if not 0 <= int(label) < num_classes:
                     raise ValueError(f"class id {int(label)} is out of range: this pipeline has {num_classes} classes")

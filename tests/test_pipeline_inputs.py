@@ -3,6 +3,7 @@ before any work (issue 18's API cases)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -26,6 +27,7 @@ CLASS_CASES = {
                    "\\[0, 2\\]\\), got bool True"),
     "float label": (dict(class_labels=[1.0]), TypeError, "class_labels must be .* got float 1.0"),
     "no labels": (dict(class_labels=[]), ValueError, "class_labels is empty: pass at least one class name or id"),
+    "bool tensor label": (dict(class_labels=torch.tensor([True])), TypeError, "got bool True"),
     "empty tensor": (dict(class_labels=torch.zeros(0, dtype=torch.long)), ValueError, "class_labels is empty"),
     "NaN guidance": (dict(guidance_scale=math.nan), ValueError, "guidance_scale must be a finite number >= 0 "
                      "\\(values <= 1 switch guidance off\\), got nan"),
@@ -57,6 +59,10 @@ def test_bad_arguments_of_a_class_pipeline(pipe, name):
     finally:
         hook.remove()
     assert not calls  # refused before any denoising
+
+
+def test_labels_as_tensors_and_numpy_integers(pipe):
+    assert pipe.get_label_ids(torch.tensor([2, 0])) == pipe.get_label_ids([torch.tensor(2), np.int64(0)]) == [2, 0]
 
 
 def test_ddim_with_zero_steps():

@@ -2,13 +2,22 @@
 """VidTwinPipeline: class- or text-conditional video generation on VidTwin's structure + dynamics latents.
 
 Installed as `vidtwin_gen.pipelines.pipeline_vidtwin`. A saved pipeline folder loads with
-`VidTwinPipeline.from_pretrained(folder)` or `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`
-(the folder's `pipeline_vidtwin.py` re-exports this class from the installed package).
+`VidTwinPipeline.from_pretrained(folder)`, which runs no code from the folder, or with
+`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`, which executes the folder's
+`pipeline_vidtwin.py` (a shim re-exporting this class): check a folder of unknown origin with
+`remote_code_shim_matches(folder)` before trusting its code.
+
+Latent spaces: every latent this pipeline takes or returns (`__call__(output_type="latent")`, `encode_video`,
+`structure_latents` / `dynamics_latents`, `interpolate`, `reenact(output_type="latent")`) lives in the
+denoiser's normalised space, where both parts have unit scale. `pipe.decode_latents(latents)` decodes them;
+`pipe.denormalize_latents(latents)` maps them back to the VAE's space (what `pipe.vae.decode` takes).
 """
 
 import difflib
 import json
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,13 +28,17 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
+from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
+from huggingface_hub import ModelCard, ModelCardData
 
 from vidtwin_gen.models.autoencoder_vidtwin import AutoencoderVidTwin
 from vidtwin_gen.models.transformer_vidtwin import VidTwinTransformer3DModel
 
 PARTS = ("structure", "dynamics")
+FLOW_PREDICTION = "flow_prediction"  # diffusers' name (UniPC, DPM-Solver) for a rectified-flow velocity model
+REMOTE_CODE_FILE = "pipeline_vidtwin.py"
 _REMOTE_CODE = '''"""Loader shim: `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` resolves the pipeline
 class through this file; the code itself is the installed `vidtwin_gen` package (pip install vidtwin-gen)."""
 
@@ -33,12 +46,46 @@ from vidtwin_gen.pipelines.pipeline_vidtwin import VidTwinPipeline  # noqa: F401
 '''
 
 
+def remote_code_shim_matches(folder: str | os.PathLike) -> bool:
+    """Whether `folder/pipeline_vidtwin.py` is byte for byte the shim this version writes.
+
+    `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` executes that file, so a folder whose
+    shim differs (or is missing) should be loaded with `VidTwinPipeline.from_pretrained`, which runs no code
+    from the folder.
+    """
+    shim = Path(folder) / REMOTE_CODE_FILE
+    return shim.is_file() and shim.read_bytes() == _REMOTE_CODE.encode()
+
+
+def check_remote_code_shim(folder: str | os.PathLike) -> bool:
+    """`remote_code_shim_matches`, warning (UserWarning) with the file and the safe loader when it does not."""
+    if remote_code_shim_matches(folder):
+        return True
+    warnings.warn(
+        f"{Path(folder) / REMOTE_CODE_FILE} is not the loader shim vidtwin-gen writes (missing or modified): "
+        "DiffusionPipeline.from_pretrained(..., trust_remote_code=True) would execute it. Load this folder with "
+        "VidTwinPipeline.from_pretrained, which runs no code from the folder, or re-save it with save_pretrained.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return False
+
+
+def scheduler_prediction_type(scheduler) -> str:
+    """What a scheduler expects the model to predict: "flow_prediction" (velocity eps - x0 on the flow-matching
+    path), or its `prediction_type` ("sample", "epsilon", "v_prediction") for the DDPM family."""
+    if type(scheduler).__name__.startswith("FlowMatch"):
+        return FLOW_PREDICTION
+    return scheduler.config.get("prediction_type", "epsilon")
+
+
 @dataclass
 class VidTwinPipelineOutput(BaseOutput):
     """
     Args:
         frames: np.ndarray (B, T, H, W, 3) in [0, 1], a torch.Tensor (B, T, 3, H, W), a list of lists of PIL
-            images, or the packed joint latents (B, N) in the VAE's latent space for `output_type="latent"`.
+            images, or for `output_type="latent"` the packed joint latents (B, N) the denoiser produced, in its
+            normalised space: decode them with `pipe.decode_latents(frames)`.
     """
 
     frames: np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]
@@ -58,6 +105,15 @@ def encode_text(
     return states, tokens.attention_mask
 
 
+def _count(name: str, value, minimum: int = 1) -> int:
+    """A positive (>= minimum) Python/NumPy integer, or a ValueError/TypeError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
 class VidTwinPipeline(DiffusionPipeline):
     r"""
     Generate videos with a latent DiT over VidTwin's joint (structure, dynamics) latents.
@@ -65,15 +121,20 @@ class VidTwinPipeline(DiffusionPipeline):
     Args:
         vae: `AutoencoderVidTwin` that decodes the latents.
         transformer: `VidTwinTransformer3DModel`, class-conditional (`num_classes > 0`) and/or text-conditional.
-        scheduler: `FlowMatchEulerDiscreteScheduler` (rectified flow) or `DDIMScheduler` (the paper's recipe).
-        text_encoder, tokenizer: a transformers text encoder and its tokenizer, for text-conditional models.
+        scheduler: `FlowMatchEulerDiscreteScheduler` (rectified flow) or `DDIMScheduler` (the paper's recipe), or
+            any scheduler of the same objective swapped in with `X.from_config(pipe.scheduler.config)`.
+        text_encoder, tokenizer: a transformers text encoder and its tokenizer, for text-conditional models;
+            optional: without them the pipeline runs from `prompt_embeds`.
         id2label: class id -> class name, for class-conditional models (kept in `model_index.json`, where the
-            ids are strings; integer keys are accepted too).
+            ids are strings; integer keys are accepted too). Names must be unique.
+        prediction_type: what the transformer predicts: "flow_prediction" (rectified flow) or the DDPM family's
+            "sample" / "epsilon" / "v_prediction". None reads it from `scheduler` (the one it was trained with);
+            it is kept in `model_index.json` so that an incompatible scheduler swapped in later is refused.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _optional_components = ["text_encoder", "tokenizer"]
-    _callback_tensor_inputs = ["latents"]
+    _callback_tensor_inputs = ["latents", "class_labels", "prompt_embeds", "prompt_attention_mask"]
 
     def __init__(
         self,
@@ -83,6 +144,7 @@ class VidTwinPipeline(DiffusionPipeline):
         text_encoder=None,
         tokenizer=None,
         id2label: dict[str, str] | None = None,
+        prediction_type: str | None = None,
     ):
         super().__init__()
         if transformer is not None and transformer.config.num_classes == 0 and transformer.config.text_embed_dim is None:
@@ -94,7 +156,21 @@ class VidTwinPipeline(DiffusionPipeline):
         )
         # JSON turns the integer keys into strings; normalise both ways.
         id2label = {int(key): value for key, value in (id2label or {}).items()}
-        self.register_to_config(id2label={str(key): value for key, value in sorted(id2label.items())})
+        ids_by_name = {}
+        for key, name in sorted(id2label.items()):
+            ids_by_name.setdefault(name, []).append(key)
+        duplicates = {name: ids for name, ids in ids_by_name.items() if len(ids) > 1}
+        if duplicates:
+            shared = "; ".join(f"{name!r}: ids {ids}" for name, ids in duplicates.items())
+            raise ValueError(
+                f"id2label gives the same name to several ids ({shared}), so some ids could never be asked for by "
+                "name: make every class name unique"
+            )
+        if prediction_type is None and scheduler is not None:
+            prediction_type = scheduler_prediction_type(scheduler)
+        self.register_to_config(
+            id2label={str(key): value for key, value in sorted(id2label.items())}, prediction_type=prediction_type
+        )
         self.labels = {name: key for key, name in id2label.items()}
         self.video_processor = VideoProcessor(do_resize=False)
 
@@ -110,14 +186,58 @@ class VidTwinPipeline(DiffusionPipeline):
             config_dict["_class_name"] = cls.__name__
         return config
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, training_data: str | None = None, **kwargs):
+        """diffusers' `save_pretrained`, plus the remote-code shim and a README.md model card.
+
+        `training_data` (e.g. "UCF-101 train split 1") goes into the card; the rest is read from the components.
+        """
         super().save_pretrained(save_directory, **kwargs)
         save_directory = Path(save_directory)
-        (save_directory / "pipeline_vidtwin.py").write_text(_REMOTE_CODE)
+        (save_directory / REMOTE_CODE_FILE).write_text(_REMOTE_CODE)
         index_path = save_directory / "model_index.json"
         index = json.loads(index_path.read_text())
         index["_class_name"] = ["pipeline_vidtwin", "VidTwinPipeline"]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        self.model_card(save_directory, training_data).save(save_directory / "README.md")
+
+    def model_card(self, save_directory: str | os.PathLike, training_data: str | None = None) -> ModelCard:
+        """The README.md card: diffusers metadata, the conditioning, training data, latent size and a usage snippet.
+
+        An existing README.md in `save_directory` is kept (as diffusers' `push_to_hub` does) with the metadata
+        filled in.
+        """
+        readme = Path(save_directory) / "README.md"
+        if readme.is_file():
+            card = load_or_create_model_card(str(readme), is_pipeline=True)
+        else:
+            card = ModelCard.from_template(ModelCardData(), model_description=self._card_description(training_data))
+        # Class names are text too (`pipe("RedSquareDrift")`), so both kinds are the text-to-video task.
+        card.data.pipeline_tag = card.data.pipeline_tag or "text-to-video"
+        conditioning = "text-conditional" if self.is_text_conditional else "class-conditional"
+        tags = [tag for tag in ("vidtwin", "video-generation", conditioning) if tag not in (card.data.tags or [])]
+        return populate_model_card(card, tags=tags)
+
+    def _card_description(self, training_data: str | None) -> str:
+        if self.is_class_conditional:
+            classes = ", ".join(self.config.id2label.values()) or f"{self.transformer.config.num_classes} unnamed ids"
+            condition, call = f"class-conditional ({classes})", 'pipe(class_labels=["<class name>"], output_type="np")'
+        else:
+            condition, call = "text-conditional", 'pipe(prompt="<prompt>", output_type="np")'
+        channels, frames, height, width = self.vae.sample_shape
+        return (
+            f"A VidTwinPipeline: a latent DiT over VidTwin's decoupled structure + dynamics latents, {condition}.\n\n"
+            f"- Video: {frames} frames of {height}x{width} ({channels} channels) per clip.\n"
+            f"- Latent: {self.latent_size} numbers per clip (structure {tuple(self.vae.structure_latent_shape)}, "
+            f"dynamics {tuple(self.vae.dynamics_latent_shape)}), {self.transformer.num_tokens} tokens.\n"
+            f"- Objective: {self.config.prediction_type}; scheduler {type(self.scheduler).__name__}.\n"
+            f"- Training data: {training_data or 'not recorded'}.\n\n"
+            "```python\nfrom vidtwin_gen import VidTwinPipeline\n\n"
+            'pipe = VidTwinPipeline.from_pretrained("<this folder>")  # runs no code from the folder\n'
+            f"videos = {call}.frames\n```\n\n"
+            "`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` also loads it but executes the "
+            "folder's pipeline_vidtwin.py: check it first with "
+            "`vidtwin_gen.pipelines.pipeline_vidtwin.remote_code_shim_matches(folder)`."
+        )
 
     # ------------------------------------------------------------------ conditions
 
@@ -131,53 +251,168 @@ class VidTwinPipeline(DiffusionPipeline):
 
     def get_label_ids(self, labels: int | str | list[int | str]) -> list[int]:
         """Class names or ids -> ids. An unknown name is an error that lists the closest names."""
+        if torch.is_tensor(labels) or isinstance(labels, np.ndarray):
+            labels = labels.tolist()
         labels = labels if isinstance(labels, (list, tuple)) else [labels]
+        if not labels:
+            raise ValueError("class_labels is empty: pass at least one class name or id")
         num_classes = self.transformer.config.num_classes
         ids = []
         for label in labels:
-            if isinstance(label, (int, np.integer)) or (torch.is_tensor(label) and label.ndim == 0):
+            if torch.is_tensor(label) and label.ndim == 0:
+                label = label.item()
+            if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
                 if not 0 <= int(label) < num_classes:
                     raise ValueError(f"class id {int(label)} is out of range: this pipeline has {num_classes} classes")
                 ids.append(int(label))
-            elif label in self.labels:
+            elif isinstance(label, str) and label in self.labels:
                 ids.append(self.labels[label])
-            else:
-                close = difflib.get_close_matches(str(label), list(self.labels), n=5, cutoff=0.4)
+            elif isinstance(label, str):
+                close = difflib.get_close_matches(label, list(self.labels), n=5, cutoff=0.4)
                 hint = f"closest: {', '.join(close)}" if close else f"known: {', '.join(sorted(self.labels)[:20])}"
                 raise ValueError(f"unknown class name {label!r}; {hint}")
+            else:
+                raise TypeError(
+                    f"class_labels must be class names (str) or ids (int in [0, {num_classes - 1}]), "
+                    f"got {type(label).__name__} {label!r}"
+                )
         return ids
 
     def encode_prompt(
-        self, prompt: list[str], negative_prompt: list[str] | None, max_sequence_length: int, device: torch.device
+        self,
+        prompt: str | list[str] | None,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] = "",
+        num_videos_per_prompt: int = 1,
+        device: torch.device | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int = 32,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(states, mask) for the prompts and, when given, for the negative prompts."""
-        states, mask = encode_text(self.text_encoder, self.tokenizer, prompt, max_sequence_length, device)
-        if negative_prompt is None:
-            return states, mask, None, None
-        negative_states, negative_mask = encode_text(
-            self.text_encoder, self.tokenizer, negative_prompt, max_sequence_length, device
-        )
-        return states, mask, negative_states, negative_mask
+        """Text-encoder states for the prompts, as `__call__` takes them (as PixArt's `encode_prompt`).
 
-    def check_inputs(self, class_labels, prompt, negative_prompt, callback_on_step_end_tensor_inputs):
+        Either `prompt` or `prompt_embeds` (B, L, D) (with its mask (B, L); None means all tokens count). With
+        guidance the negative side comes from `negative_prompt_embeds` or from encoding `negative_prompt`
+        ("" by default). Returns (prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+        negative_prompt_attention_mask), each repeated `num_videos_per_prompt` times along the batch; the
+        negative pair is None without guidance.
+        """
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds, prompt_attention_mask = self._encode_text(prompt, "prompt", max_sequence_length, device)
+        elif prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=device)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            batch = prompt_embeds.shape[0]
+            negative_prompt = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negative_prompt) != batch:
+                raise ValueError(f"got {len(negative_prompt)} negative prompts for {batch} prompts")
+            negative_prompt_embeds, negative_prompt_attention_mask = self._encode_text(
+                negative_prompt, "negative_prompt", max_sequence_length, device
+            )
+        elif do_classifier_free_guidance and negative_prompt_attention_mask is None:
+            negative_prompt_attention_mask = torch.ones(negative_prompt_embeds.shape[:2], dtype=torch.long, device=device)
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_attention_mask = None
+        repeat = lambda x: None if x is None else x.to(device).repeat_interleave(num_videos_per_prompt, dim=0)  # noqa: E731
+        return (repeat(prompt_embeds), repeat(prompt_attention_mask), repeat(negative_prompt_embeds),
+                repeat(negative_prompt_attention_mask))
+
+    def _encode_text(self, prompts: list[str], name: str, max_sequence_length: int, device) -> tuple:
+        if self.text_encoder is None or self.tokenizer is None:
+            hint = "negative_prompt_embeds (or guidance_scale <= 1)" if name == "negative_prompt" else "prompt_embeds"
+            raise ValueError(
+                f"{name} needs the pipeline's text_encoder and tokenizer, and this pipeline has none (they are "
+                f"optional components): pass {hint} from `encode_prompt` of a pipeline that has them, or load "
+                "them with from_pretrained(..., text_encoder=..., tokenizer=...)"
+            )
+        return encode_text(self.text_encoder, self.tokenizer, prompts, max_sequence_length, device)
+
+    def check_inputs(
+        self, class_labels, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+        negative_prompt_attention_mask, num_videos_per_prompt, num_inference_steps, guidance_scale, generator,
+        callback_on_step_end_tensor_inputs,
+    ):
         if class_labels is not None and not self.is_class_conditional:
             raise ValueError(
                 "this pipeline's transformer is text-conditional only: pass prompt=... instead of class_labels"
             )
-        if prompt is not None and not self.is_text_conditional:
+        text_inputs = (prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        if any(value is not None for value in text_inputs) and not self.is_text_conditional:
             raise ValueError(
                 "this pipeline's transformer is class-conditional only: pass class_labels=... (names or ids) "
                 f"instead of prompt; classes: {', '.join(sorted(self.labels)[:10])}..."
             )
-        if self.is_text_conditional and prompt is None:
-            raise ValueError("this pipeline's transformer is text-conditional: pass prompt=...")
         if self.is_class_conditional and class_labels is None:
             raise ValueError("this pipeline's transformer is class-conditional: pass class_labels=...")
-        if negative_prompt is not None and prompt is None:
-            raise ValueError("negative_prompt needs prompt")
+        if self.is_text_conditional:
+            self._check_text_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                    prompt_attention_mask, negative_prompt_attention_mask)
+        _count("num_videos_per_prompt", num_videos_per_prompt)
+        _count("num_inference_steps", num_inference_steps)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating)) or not (
+            math.isfinite(guidance_scale) and guidance_scale >= 0
+        ):
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0 (values <= 1 switch guidance off), got {guidance_scale!r}"
+            )
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and (not generators or not all(isinstance(g, torch.Generator) for g in generators)):
+            raise TypeError(
+                "generator must be a torch.Generator or a list of them (one per video), got "
+                f"{type(generator).__name__} {generator!r}; e.g. generator=torch.Generator().manual_seed(0)"
+            )
         unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs: {unknown} not in {self._callback_tensor_inputs}")
+        self._check_scheduler()
+
+    def _check_text_inputs(
+        self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+        negative_prompt_attention_mask,
+    ):
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError(
+                "this pipeline's transformer is text-conditional: pass prompt=... or prompt_embeds=... (one of them)"
+            )
+        if prompt is not None and not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt
+                                                                   and all(isinstance(p, str) for p in prompt))):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass negative_prompt or negative_prompt_embeds, not both")
+        width = self.transformer.config.text_embed_dim
+        for name, embeds, mask in (("prompt_embeds", prompt_embeds, prompt_attention_mask),
+                                   ("negative_prompt_embeds", negative_prompt_embeds, negative_prompt_attention_mask)):
+            if embeds is None:
+                continue
+            if embeds.ndim != 3 or embeds.shape[0] == 0 or embeds.shape[2] != width:
+                raise ValueError(f"{name} must be (B >= 1, L, {width}) text-encoder states, got {tuple(embeds.shape)}")
+            if mask is not None and tuple(mask.shape) != tuple(embeds.shape[:2]):
+                raise ValueError(f"the attention mask of {name} must be (B, L) = {tuple(embeds.shape[:2])}, "
+                                 f"got {tuple(mask.shape)}")
+        if prompt_embeds is not None and negative_prompt_embeds is not None and (
+            negative_prompt_embeds.shape != prompt_embeds.shape
+        ):
+            raise ValueError(f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must have the shape of "
+                             f"prompt_embeds {tuple(prompt_embeds.shape)}")
+
+    def _check_scheduler(self):
+        expected, got = self.config.prediction_type, scheduler_prediction_type(self.scheduler)
+        if expected is not None and got != expected:
+            if expected == FLOW_PREDICTION:
+                fix = ("a flow-matching scheduler (FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler, or "
+                       "UniPCMultistepScheduler with prediction_type='flow_prediction', use_flow_sigmas=True)")
+            else:
+                fix = ("a DDPM-family scheduler (DDIM, DPMSolverMultistep, UniPCMultistep, EulerDiscrete) with "
+                       f"prediction_type={expected!r}")
+            raise ValueError(
+                f"the scheduler {type(self.scheduler).__name__} expects a model predicting {got!r}, but this "
+                f"pipeline's transformer predicts {expected!r}: sampling would give noise. Use {fix}, e.g. "
+                "X.from_config(pipe.scheduler.config) from the pipeline's own scheduler"
+            )
 
     # ------------------------------------------------------------------ latents
 
@@ -185,18 +420,47 @@ class VidTwinPipeline(DiffusionPipeline):
     def latent_size(self) -> int:
         return self.vae.latent_size
 
-    @torch.no_grad()
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Packed joint latent (B, N) of clips (B, 3, T, H, W) in [-1, 1]: the posterior mean."""
-        return self.vae.encode(video.to(self._execution_device)).latent_dist.mode()
-
-    def _normalize(self, packed: torch.Tensor) -> torch.Tensor:
+    def normalize_latents(self, packed: torch.Tensor) -> torch.Tensor:
+        """Packed VAE-space latents (B, N) -> the denoiser's normalised space (what this pipeline works in)."""
         structure, dynamics = self.transformer.normalize_latents(*self.vae.unpack_latents(packed))
         return self.vae.pack_latents(structure, dynamics)
 
-    def _denormalize(self, packed: torch.Tensor) -> torch.Tensor:
+    def denormalize_latents(self, packed: torch.Tensor) -> torch.Tensor:
+        """Inverse of `normalize_latents`: the denoiser's space -> the VAE's (what `pipe.vae.decode` takes)."""
         structure, dynamics = self.transformer.denormalize_latents(*self.vae.unpack_latents(packed))
         return self.vae.pack_latents(structure, dynamics)
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Packed joint latent (B, N) of clips (B, 3, T, H, W) in [-1, 1] (the posterior mean), normalised: the
+        space of `__call__`'s latents, its `structure_latents` / `dynamics_latents` and `interpolate`."""
+        return self.normalize_latents(self.vae.encode(video.to(self._execution_device)).latent_dist.mode().float())
+
+    @torch.no_grad()
+    def decode_latents(
+        self, latents: torch.Tensor, output_type: str = "np", part: str | None = None, num_frames: int | None = None
+    ):
+        """Packed normalised latents (B, N), e.g. `pipe(..., output_type="latent").frames`, -> frames in
+        `output_type`; `part` decodes one part alone.
+
+        `num_frames` trims a tiled decode to the length of the clip that was encoded.
+        """
+        latents = self.denormalize_latents(latents.to(self._execution_device).float()).to(self.vae.dtype)
+        video = self.vae.decode(latents, part=part, num_frames=num_frames).sample.float()
+        return self.video_processor.postprocess_video(video, output_type=output_type)
+
+    def prepare_latents(
+        self, batch_size: int, generator, latents: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:
+        """Initial noise (B, N) in the denoiser's space, scaled by the scheduler's `init_noise_sigma`."""
+        shape = (batch_size, self.latent_size)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for {batch_size} videos")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (videos, vae.latent_size), got {tuple(latents.shape)}")
+        return latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
 
     def _noised(self, clean: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """`clean` brought to the noise level of `timestep` (the current step of the schedule)."""
@@ -206,7 +470,7 @@ class VidTwinPipeline(DiffusionPipeline):
         return self.scheduler.add_noise(clean, noise, timestep)
 
     def _fixed_parts(self, batch_size: int, structure_latents, dynamics_latents, device) -> dict[str, torch.Tensor]:
-        """Parts to hold fixed, normalised, broadcast to the batch: {"structure": (B, d_S, ...), ...}."""
+        """Parts to hold fixed (normalised), broadcast to the batch: {"structure": (B, d_S, ...), ...}."""
         fixed = {}
         for part, value, shape in (
             ("structure", structure_latents, self.vae.structure_latent_shape),
@@ -221,12 +485,6 @@ class VidTwinPipeline(DiffusionPipeline):
             fixed[part] = value.to(device, torch.float32).expand(batch_size, *shape)
         if len(fixed) == 2:
             raise ValueError("holding both parts fixed leaves nothing to generate; decode with the VAE instead")
-        if fixed:
-            structure, dynamics = self.vae.unpack_latents(torch.zeros(batch_size, self.latent_size, device=device))
-            structure, dynamics = self.transformer.normalize_latents(
-                fixed.get("structure", structure), fixed.get("dynamics", dynamics)
-            )
-            fixed = {part: value for part, value in zip(PARTS, (structure, dynamics)) if part in fixed}
         return fixed
 
     def _with_fixed(self, latents: torch.Tensor, fixed: dict, noise: torch.Tensor, timestep) -> torch.Tensor:
@@ -237,17 +495,6 @@ class VidTwinPipeline(DiffusionPipeline):
         for part, clean in fixed.items():
             parts[part] = clean if timestep is None else self._noised(clean, noise_parts[part], timestep)
         return self.vae.pack_latents(parts["structure"], parts["dynamics"])
-
-    @torch.no_grad()
-    def decode_latents(
-        self, latents: torch.Tensor, output_type: str = "np", part: str | None = None, num_frames: int | None = None
-    ):
-        """Packed VAE-space latents (B, N) -> frames in `output_type`; `part` decodes one part alone.
-
-        `num_frames` trims a tiled decode to the length of the clip that was encoded.
-        """
-        video = self.vae.decode(latents, part=part, num_frames=num_frames).sample.float()
-        return self.video_processor.postprocess_video(video, output_type=output_type)
 
     # ------------------------------------------------------------------ generation
 
@@ -267,6 +514,59 @@ class VidTwinPipeline(DiffusionPipeline):
     def interrupt(self) -> bool:
         return self._interrupt
 
+    def prepare_conditions(
+        self, class_labels, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+        negative_prompt_attention_mask, num_videos_per_prompt: int, device,
+    ) -> dict[str, torch.Tensor]:
+        """The transformer's conditions per video: {"class_labels": (B,), "prompt_embeds": (B, L, D),
+        "prompt_attention_mask": (B, L)} (those that apply), with the null class / negative prompt stacked in
+        front (2B) when guiding. The text ones come already repeated per video from `encode_prompt`."""
+        conditions = {}
+        if class_labels is not None:
+            ids = torch.tensor(self.get_label_ids(class_labels), device=device)
+            conditions["class_labels"] = ids.repeat_interleave(num_videos_per_prompt)
+        if prompt_embeds is not None:
+            conditions["prompt_embeds"], conditions["prompt_attention_mask"] = prompt_embeds, prompt_attention_mask
+        if self.do_classifier_free_guidance:
+            negatives = {"prompt_embeds": negative_prompt_embeds, "prompt_attention_mask": negative_prompt_attention_mask}
+            if "class_labels" in conditions:
+                negatives["class_labels"] = torch.full_like(conditions["class_labels"], self.transformer.null_class_label)
+            conditions = {key: torch.cat([negatives[key], value]) for key, value in conditions.items()}
+        return conditions
+
+    def set_timesteps(self, num_inference_steps: int, device) -> torch.Tensor:
+        """The scheduler's timesteps; `mu` from the token count (as Flux/SD3) for dynamic shifting."""
+        kwargs = {}
+        if self.scheduler.config.get("use_dynamic_shifting", False):
+            # Imported here: the Flux module pulls in transformers' CLIP/T5 classes, needed only for this.
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+            config = self.scheduler.config
+            kwargs["mu"] = calculate_shift(self.transformer.num_tokens, config.get("base_image_seq_len", 256),
+                                           config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                                           config.get("max_shift", 1.15))
+        self.scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)  # lets scale_noise index the schedule without a search per sample
+        return self.scheduler.timesteps
+
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: dict) -> torch.Tensor:
+        """The transformer's (guided) prediction (B, N) for packed latents (B, N) at `timestep`."""
+        model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+        if hasattr(self.scheduler, "scale_model_input"):
+            model_input = self.scheduler.scale_model_input(model_input, timestep)
+        structure, dynamics = self.vae.unpack_latents(model_input)
+        prediction = self.transformer(
+            structure, dynamics, timestep.expand(model_input.shape[0]),
+            class_labels=conditions.get("class_labels"), encoder_hidden_states=conditions.get("prompt_embeds"),
+            encoder_attention_mask=conditions.get("prompt_attention_mask"),
+        )
+        prediction = self.vae.pack_latents(prediction.structure, prediction.dynamics).float()
+        if self.do_classifier_free_guidance:
+            unconditional, conditional = prediction.chunk(2)
+            prediction = unconditional + self.guidance_scale * (conditional - unconditional)
+        return prediction
+
     @torch.no_grad()
     def __call__(
         self,
@@ -278,6 +578,10 @@ class VidTwinPipeline(DiffusionPipeline):
         guidance_scale: float = 4.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
         structure_latents: torch.Tensor | None = None,
         dynamics_latents: torch.Tensor | None = None,
         output_type: str = "np",
@@ -291,16 +595,22 @@ class VidTwinPipeline(DiffusionPipeline):
             class_labels: class names or ids (class-conditional pipelines).
             prompt, negative_prompt: text (text-conditional pipelines); the negative prompt defaults to "".
             num_videos_per_prompt: videos per label / prompt.
-            num_inference_steps: denoising steps.
-            guidance_scale: classifier-free guidance weight; <= 1 disables guidance.
+            num_inference_steps: denoising steps (>= 1).
+            guidance_scale: classifier-free guidance weight (>= 0); <= 1 disables guidance.
             generator: one generator, or one per video (then a batch equals the videos generated one by one).
             latents: initial noise, packed (B, N) with B = number of videos, N = `vae.latent_size`.
-            structure_latents: hold the structure fixed (B or 1, d_S, n_q, h_S, w_S) in the VAE's latent space,
-                e.g. `vae.encode(clip).structure_dist.mode()`, and generate new dynamics for it.
+            prompt_embeds, prompt_attention_mask: text-encoder states (B, L, D) and mask (B, L) instead of
+                `prompt`, e.g. from `encode_prompt`; a pipeline saved without its text encoder runs from these.
+            negative_prompt_embeds, negative_prompt_attention_mask: the same for the negative side (guidance).
+            structure_latents: hold the structure fixed (B or 1, d_S, n_q, h_S, w_S), normalised, e.g.
+                `pipe.vae.unpack_latents(pipe.encode_video(clip))[0]`, and generate new dynamics for it.
             dynamics_latents: hold the dynamics fixed (B or 1, d_D, t, w_D + h_D) and generate the structure.
-            output_type: "np", "pil", "pt" or "latent" (packed VAE-space latents).
-            callback_on_step_end: called as fn(pipe, step, timestep, {"latents": ...}) after each step; it may
-                return a dict replacing tensors, and may set `pipe._interrupt = True` to stop early.
+            output_type: "np", "pil", "pt" or "latent" (the packed latents the denoiser produced, in its
+                normalised space; `pipe.decode_latents(latents)` turns them into frames).
+            callback_on_step_end: called as fn(pipe, step, timestep, tensors) after each step with the tensors
+                named in `callback_on_step_end_tensor_inputs` (from `_callback_tensor_inputs`; conditions are
+                the guidance-doubled ones the transformer gets); it may return a dict replacing them, and may set
+                `pipe._interrupt = True` to stop early.
             max_sequence_length: tokens per prompt.
 
         Returns:
@@ -308,88 +618,57 @@ class VidTwinPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        self.check_inputs(class_labels, prompt, negative_prompt, callback_on_step_end_tensor_inputs)
+        # 1. Check inputs.
+        self.check_inputs(class_labels, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                          prompt_attention_mask, negative_prompt_attention_mask, num_videos_per_prompt,
+                          num_inference_steps, guidance_scale, generator, callback_on_step_end_tensor_inputs)
         self._guidance_scale = guidance_scale
         self._interrupt = False
         device = self._execution_device
 
-        # 1. Conditions, repeated per video; the null condition first when guiding.
-        conditions: dict[str, torch.Tensor] = {}
-        if class_labels is not None:
-            ids = torch.tensor(self.get_label_ids(class_labels), device=device)
-            conditions["class_labels"] = ids.repeat_interleave(num_videos_per_prompt)
-        if prompt is not None:
-            prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-            if not self.do_classifier_free_guidance:
-                negative_prompt = None  # unused without guidance
-            elif negative_prompt is None:
-                negative_prompt = ""
-            if negative_prompt is not None:
-                negative_prompt = [negative_prompt] * len(prompt) if isinstance(negative_prompt, str) else list(negative_prompt)
-                if len(negative_prompt) != len(prompt):
-                    raise ValueError(f"{len(negative_prompt)} negative prompts for {len(prompt)} prompts")
-            states, mask, negative_states, negative_mask = self.encode_prompt(
-                prompt, negative_prompt, max_sequence_length, device
+        # 2. Encode the prompt (text-conditional pipelines).
+        if self.is_text_conditional:
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
+                self.encode_prompt(
+                    prompt, self.do_classifier_free_guidance, "" if negative_prompt is None else negative_prompt,
+                    num_videos_per_prompt, device, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+                    negative_prompt_attention_mask, max_sequence_length,
+                )
             )
-            conditions["encoder_hidden_states"] = states.repeat_interleave(num_videos_per_prompt, dim=0)
-            conditions["encoder_attention_mask"] = mask.repeat_interleave(num_videos_per_prompt, dim=0)
-        batch_size = next(iter(conditions.values())).shape[0]
-        if self.do_classifier_free_guidance:
-            if "class_labels" in conditions:
-                null = torch.full_like(conditions["class_labels"], self.transformer.null_class_label)
-                conditions["class_labels"] = torch.cat([null, conditions["class_labels"]])
-            if "encoder_hidden_states" in conditions:
-                for key, negative in (("encoder_hidden_states", negative_states), ("encoder_attention_mask", negative_mask)):
-                    negative = negative.repeat_interleave(num_videos_per_prompt, dim=0)
-                    conditions[key] = torch.cat([negative, conditions[key]])
 
-        # 2. Initial noise (packed, normalised space) and the parts held fixed.
-        shape = (batch_size, self.latent_size)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"got {len(generator)} generators for {batch_size} videos")
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} (videos, vae.latent_size), got {tuple(latents.shape)}")
-        latents = latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
-        fixed = self._fixed_parts(batch_size, structure_latents, dynamics_latents, device)
-        fixed_noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32) if fixed else None
+        # 3. Conditions per video, the null condition in front when guiding.
+        conditions = self.prepare_conditions(class_labels, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+                                             negative_prompt_attention_mask, num_videos_per_prompt, device)
+        batch_size = next(iter(conditions.values())).shape[0] // (2 if self.do_classifier_free_guidance else 1)
 
-        # 3. Denoising loop.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(0)  # lets scale_noise index the schedule without a search per sample
-        timesteps = self.scheduler.timesteps
+        # 4. Timesteps (before the noise: `init_noise_sigma` depends on them, e.g. for EulerDiscreteScheduler).
+        timesteps = self.set_timesteps(num_inference_steps, device)
         self._num_timesteps = len(timesteps)
+
+        # 5. Initial noise and the parts held fixed.
+        latents = self.prepare_latents(batch_size, generator, latents, device)
+        fixed = self._fixed_parts(batch_size, structure_latents, dynamics_latents, device)
+        fixed_noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=torch.float32) if fixed else None
+
+        # 6. Denoising loop.
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for step, timestep in enumerate(timesteps):
                 if self.interrupt:
                     break
                 latents = self._with_fixed(latents, fixed, fixed_noise, timestep)
-                model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
-                if hasattr(self.scheduler, "scale_model_input"):
-                    model_input = self.scheduler.scale_model_input(model_input, timestep)
-                structure, dynamics = self.vae.unpack_latents(model_input)
-                prediction = self.transformer(
-                    structure, dynamics, timestep.expand(model_input.shape[0]), **conditions
-                )
-                prediction = self.vae.pack_latents(prediction.structure, prediction.dynamics).float()
-                if self.do_classifier_free_guidance:
-                    unconditional, conditional = prediction.chunk(2)
-                    prediction = unconditional + guidance_scale * (conditional - unconditional)
+                prediction = self.predict(latents, timestep, conditions)
                 latents = self.scheduler.step(prediction, timestep, latents, return_dict=False)[0]
-
                 if callback_on_step_end is not None:
-                    callback_kwargs = {}
-                    for name in callback_on_step_end_tensor_inputs:  # not a comprehension: it has its own locals()
-                        callback_kwargs[name] = locals()[name]
-                    callback_outputs = callback_on_step_end(self, step, timestep, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
+                    tensors = {"latents": latents, **conditions}
+                    outputs = callback_on_step_end(
+                        self, step, timestep, {name: tensors.get(name) for name in callback_on_step_end_tensor_inputs}
+                    )
+                    latents = outputs.pop("latents", latents)
+                    conditions.update({key: value for key, value in outputs.items() if key in conditions})
                 progress_bar.update()
         latents = self._with_fixed(latents, fixed, fixed_noise, None)
 
-        # 4. Back to the VAE's latent space, then to frames.
-        latents = self._denormalize(latents)
+        # 7. Decode (output_type="latent" returns the denoiser's latents as they are).
         frames = latents if output_type == "latent" else self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
         return VidTwinPipelineOutput(frames=frames) if return_dict else (frames,)
@@ -400,8 +679,8 @@ class VidTwinPipeline(DiffusionPipeline):
     def reenact(self, structure_video: torch.Tensor, dynamics_video: torch.Tensor, output_type: str = "np"):
         """Cross-reenactment: the structure of `structure_video` with the dynamics of `dynamics_video`.
 
-        Both (B, 3, T, H, W) in [-1, 1] with the same shape. Returns frames in `output_type` (or packed latents
-        for "latent").
+        Both (B, 3, T, H, W) in [-1, 1] with the same shape. Returns frames in `output_type` (or, for "latent",
+        packed normalised latents that `decode_latents` takes).
         """
         if structure_video.shape != dynamics_video.shape:
             raise ValueError(
@@ -426,23 +705,23 @@ class VidTwinPipeline(DiffusionPipeline):
     ):
         """Decode `num_points` latents on the straight line from `start` to `end`, per part.
 
-        `start`/`end` are packed VAE-space latents (1, N), from `encode_video` or from
+        `start`/`end` are packed normalised latents (1, N), from `encode_video` or from
         `__call__(..., output_type="latent")`. `part="structure"` moves only the structure (the dynamics stay
         those of `start`), `part="dynamics"` only the dynamics, None both. The line runs in the generator's
-        normalised space, where both parts have unit scale. Returns frames for (num_points, ...) videos.
+        normalised space, where both parts have unit scale. Returns frames for (num_points, ...) videos, or the
+        normalised latents (num_points, N) for "latent".
         """
         if part not in (None, *PARTS):
             raise ValueError(f"part must be None, 'structure' or 'dynamics', got {part!r}")
         if start.shape != end.shape or start.ndim != 2 or start.shape[0] != 1:
             raise ValueError(f"start and end must both be packed latents (1, N), got {tuple(start.shape)}, {tuple(end.shape)}")
-        if num_points < 2:
-            raise ValueError("num_points must be at least 2")
+        _count("num_points", num_points, minimum=2)
         device = self._execution_device
-        start, end = self._normalize(start.to(device).float()), self._normalize(end.to(device).float())
+        start, end = start.to(device).float(), end.to(device).float()
         weights = torch.linspace(0, 1, num_points, device=device)[:, None]
         path = dict(zip(PARTS, self.vae.unpack_latents(start + weights * (end - start))))
         if part is not None:
             other = "dynamics" if part == "structure" else "structure"
             path[other] = dict(zip(PARTS, self.vae.unpack_latents(start)))[other].expand_as(path[other])
-        latents = self._denormalize(self.vae.pack_latents(path["structure"], path["dynamics"]))
+        latents = self.vae.pack_latents(path["structure"], path["dynamics"])
         return latents if output_type == "latent" else self.decode_latents(latents, output_type)

@@ -20,9 +20,10 @@ Columns:
   is in one class, "video": class conditioning then learns nothing, so train such a set text-conditionally.
 - `split` (optional, root metadata only): "train" or "test" ("validation"/"valid"/"val" count as "test").
 
-When no video is marked for testing (no `test/` folder, no "test" in a `split` column), a fixed
-`HOLDOUT_FRACTION` of the videos is held out by a hash of file_name, so validation still works and a video
-never changes side when others are added (a log line says so).
+Rows of a root metadata file with no (or an empty) `split` are training videos. When no video is marked for
+testing (no `test/` folder, no "test" in a `split` column), `HOLDOUT_FRACTION` (10 %) of the videos is held out
+by a hash of file_name, so validation still works and a video keeps its side when others are added (a log line
+says so). A set so small that no hash falls under the fraction holds out its lowest-hash video.
 
 Listed videos that are missing are kept (one warning) and skipped and counted when decoded, like broken files.
 Malformed metadata (no file_name column, an empty file, a bad JSON line, a row without a caption) raises a
@@ -163,6 +164,21 @@ def _caption(row: dict, class_name: str | None, path: Path, number: int) -> str:
                      "or a label to make captions from")
 
 
+def _assign_subsets(entries: list[tuple], root) -> list[tuple]:
+    """Entries (path, line, row, subset or None) with every subset set: unmarked rows train, unless nothing is
+    marked "test", in which case a hashed HOLDOUT_FRACTION of all rows is the test subset."""
+    if any(side == "test" for *_, side in entries):
+        return [(p, n, row, side or "train") for p, n, row, side in entries]
+    logger.info("%s marks no test videos: holding out %.0f%% of them by a hash of file_name for validation",
+                root, 100 * HOLDOUT_FRACTION)
+    positions = [_hash_position(row["file_name"]) for _, _, row, _ in entries]
+    # Tiny sets, where no hash falls below the fraction, still hold out the lowest one.
+    held = [pos < HOLDOUT_FRACTION or pos == min(positions) for pos in positions]
+    if all(held):  # a single video trains
+        held = [False] * len(held)
+    return [(p, n, row, "test" if h else "train") for (p, n, row, _), h in zip(entries, held)]
+
+
 def load_video_folder(root, subset: str = "train") -> datasets.Dataset:
     """One subset of a video-folder root (see the module docstring) as a `datasets.Dataset` with the columns of
     `load_ucf101`: path (str, absolute), label (ClassLabel), caption (str). Nothing is decoded."""
@@ -195,16 +211,7 @@ def load_video_folder(root, subset: str = "train") -> datasets.Dataset:
     else:
         class_names = [SINGLE_CLASS]
 
-    if not any(side == "test" for *_, side in entries):
-        logger.info("%s marks no test videos: holding out %.0f%% of them by a hash of file_name for validation",
-                    root, 100 * HOLDOUT_FRACTION)
-        positions = [_hash_position(row["file_name"]) for _, _, row, _ in entries]
-        # Tiny sets, where no hash falls below the fraction, still hold out the lowest one.
-        held = [pos < HOLDOUT_FRACTION or pos == min(positions) for pos in positions]
-        if all(held):  # a single video trains
-            held = [False] * len(held)
-        entries = [(p, n, row, "test" if h else "train") for (p, n, row, _), h in zip(entries, held)]
-    entries = [(p, n, row) for p, n, row, side in entries if (side or "train") == subset]
+    entries = [(p, n, row) for p, n, row, side in _assign_subsets(entries, root) if side == subset]
     if not entries:
         raise ValueError(f"{root} has no {subset} videos; {LAYOUT}")
 

@@ -119,6 +119,8 @@ def test_no_label_column_is_one_class_and_no_text_column_captions_the_label(tmp_
     write_csv(tmp_path / "metadata.csv", "file_name,text,split", ["a.mp4,A,train", "b.mp4,B,test"])
     train = load_video_folder(tmp_path)
     assert train.features["label"].names == ["video"] and train["label"] == [0]
+    write_csv(tmp_path / "metadata.csv", "file_name,text,label,split", ["a.mp4,A,,train", "b.mp4,B,,test"])
+    assert load_video_folder(tmp_path).features["label"].names == ["video"]  # an empty label column is no labels
     write_csv(tmp_path / "metadata.csv", "file_name,label,split", ["a.mp4,ApplyEyeMakeup,train", "b.mp4,Fencing,test"])
     assert load_video_folder(tmp_path)["caption"] == ["apply eye makeup"]
 

@@ -198,7 +198,7 @@ def load_video_folder(root, subset: str = "train") -> datasets.Dataset:
                 if side is None:
                     raise ValueError(f"{path}, line {number}: split {row['split']!r} is not one of {sorted(SPLIT_VALUES)}")
             entries.append((path, number, row, side))
-    has_labels = any("label" in row for _, _, row, _ in entries)
+    has_labels = any(row.get("label") not in (None, "") for _, _, row, _ in entries)  # an empty column is none
     if has_labels:
         missing = next(((p, n) for p, n, row, _ in entries if row.get("label") in (None, "")), None)
         if missing is not None:

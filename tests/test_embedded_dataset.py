@@ -10,6 +10,7 @@ import pytest
 
 from vidtwin_gen.data.embedded import CLASSES, main, make_embedded_dataset
 from vidtwin_gen.data.ucf101 import load_ucf101
+from vidtwin_gen.data.video_folder import load_video_folder
 
 
 def _decode(path) -> np.ndarray:
@@ -102,7 +103,8 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert [p.name for p in (tmp_path / "UCF-101").iterdir()] == ["RedSquareSpin"]
 
 
-@pytest.mark.parametrize("kwargs", [{"num_groups": 2}, {"classes": ["PinkElephantDance"]}, {"classes": []}])
+@pytest.mark.parametrize("kwargs", [{"num_groups": 2}, {"classes": ["PinkElephantDance"]}, {"classes": []},
+                                    {"layout": "webdataset"}, {"layout": "metadata", "metadata_format": "parquet"}])
 def test_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):
         make_embedded_dataset(tmp_path, **kwargs)
@@ -116,3 +118,35 @@ def test_cli(tmp_path, capsys):
     assert len(load_ucf101(tmp_path, 1, "train")) == 4
     with pytest.raises(SystemExit):  # exists: argparse error, not a traceback
         main(argv)
+
+
+def test_metadata_layout_holds_split_1_with_the_same_videos(embedded_root, make_embedded):
+    root = Path(make_embedded(layout="metadata"))
+    assert sorted(p.name for p in root.iterdir()) == ["embedded_dataset.json", "test", "train"]
+    header, first = (root / "train" / "metadata.csv").read_text().splitlines()[:2]
+    assert header == "file_name,text,label"
+    assert first == "RedSquareDrift/v_RedSquareDrift_g02_c01.avi,red square drift,RedSquareDrift"
+    for subset in ("train", "test"):
+        ucf, own = load_ucf101(embedded_root, 1, subset), load_video_folder(root, subset)
+        relative = lambda paths, base: [str(Path(p).relative_to(base)) for p in paths]  # noqa: E731
+        assert relative(own["path"], root / subset) == relative(ucf["path"], Path(embedded_root) / "UCF-101")
+        assert own["caption"] == ucf["caption"]
+        names = own.features["label"].names
+        assert [names[label] for label in own["label"]] == [ucf.features["label"].names[label] for label in ucf["label"]]
+    same = "RedSquareSpin/v_RedSquareSpin_g01_c02.avi"
+    assert np.array_equal(_decode(root / "test" / same), _decode(Path(embedded_root) / "UCF-101" / same))
+
+
+def test_cli_metadata_layout_jsonl_and_overwrite(tmp_path, capsys):
+    argv = ["--output-dir", str(tmp_path), "--classes", "GreenTriangleSpin", "--num-groups", "3", "--clips-per-group",
+            "1", "--num-frames", "6", "--width", "32", "--height", "24", "--layout", "metadata", "--metadata-format", "jsonl"]
+    assert main(argv) == 0
+    assert "wrote 3 videos in train/ and test/ with metadata.jsonl" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert rows[0] == {"file_name": "GreenTriangleSpin/v_GreenTriangleSpin_g02_c01.avi", "text": "green triangle spin",
+                       "label": "GreenTriangleSpin"}
+    assert len(load_video_folder(tmp_path, "train")) == 2 and len(load_video_folder(tmp_path, "test")) == 1
+    with pytest.raises(SystemExit):  # exists
+        main(argv)
+    assert main([*argv[:-4], "--overwrite"]) == 0  # back to the UCF-101 layout: the metadata folders go
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["UCF-101", "embedded_dataset.json", "ucfTrainTestlist"]

@@ -14,9 +14,15 @@ cYY (speed, direction and phase of the motion), and split k holds out the k-th t
 Everything is drawn from a seed: the same seed writes the same frames.
 
     vidtwin-gen make-dataset --output-dir data/embedded      # then load_ucf101("data/embedded")
+
+With `layout="metadata"` (`--layout metadata`) the same videos are written as a folder of your own videos would
+be (see `video_folder`): `train/` and `test/` (split 1's groups), each with its videos and a `metadata.csv`
+(or `metadata.jsonl`) of file_name, text (the class caption) and label (the class name).
 """
 
 import argparse
+import csv
+import io
 import json
 import math
 import shutil
@@ -27,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .ucf101 import SPLIT_DIR, SPLITS, VIDEO_DIR, class_to_caption
+from .video_folder import METADATA_FILENAMES, SPLIT_FOLDERS
 from .video_io import write_video
 
 
@@ -161,6 +168,37 @@ def _render(cls: EmbeddedClass, scene: dict, motion: dict, num_frames: int, fps:
     return frames
 
 
+LAYOUTS = ("ucf101", "metadata")
+METADATA_FORMATS = ("csv", "jsonl")
+
+
+def _write_split_lists(split_dir: Path, names: list[str], entries: list, test_groups: list) -> None:
+    """UCF-101's classInd.txt and train/test lists for the three splits."""
+    split_dir.mkdir(parents=True)
+    crlf = "\r\n"  # as in the official files
+    (split_dir / "classInd.txt").write_text("".join(f"{i} {name}{crlf}" for i, name in enumerate(names, 1)), newline="")
+    for split, held_out in zip(SPLITS, test_groups):
+        train = [f"{rel} {label}{crlf}" for rel, label, group in entries if group not in held_out]
+        test = [f"{rel}{crlf}" for rel, label, group in entries if group in held_out]
+        (split_dir / f"trainlist0{split}.txt").write_text("".join(train), newline="")
+        (split_dir / f"testlist0{split}.txt").write_text("".join(test), newline="")
+
+
+def _write_metadata(folder: Path, names: list[str], entries: list, metadata_format: str) -> None:
+    """`folder/metadata.{csv,jsonl}` of file_name, text, label for `entries` (relative path, label 1-based, group)."""
+    rows = [{"file_name": rel, "text": class_to_caption(names[label - 1]), "label": names[label - 1]}
+            for rel, label, _ in entries]
+    if metadata_format == "jsonl":
+        content = "".join(json.dumps(row) + "\n" for row in rows)
+    else:
+        stream = io.StringIO()
+        writer = csv.DictWriter(stream, fieldnames=["file_name", "text", "label"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        content = stream.getvalue()
+    (folder / f"metadata.{metadata_format}").write_text(content, encoding="utf-8")
+
+
 def make_embedded_dataset(
     output_dir,
     seed: int = 0,
@@ -173,11 +211,14 @@ def make_embedded_dataset(
     classes: list[str] | None = None,
     grain: float = 0.0,
     overwrite: bool = False,
+    layout: str = "ucf101",
+    metadata_format: str = "csv",
 ) -> Path:
-    """Write the embedded data set in UCF-101 layout and return the root to give `load_ucf101`.
+    """Write the embedded data set and return the root to give `load_video_index` (or `load_ucf101`).
 
     Args:
-        output_dir: root; gets `UCF-101/` and `ucfTrainTestlist/` (and `embedded_dataset.json`, a description).
+        output_dir: root; gets `UCF-101/` and `ucfTrainTestlist/` (layout "ucf101"), or `train/` and `test/` with a
+            metadata file each (layout "metadata"); and `embedded_dataset.json`, a description.
         seed: everything is drawn from it; each video's randomness depends only on (seed, class, group, clip),
             so a subset of classes or groups gives the same videos as the full set.
         num_groups: groups gXX per class (>= 3: split k tests on the k-th third of them, trains on the rest).
@@ -186,6 +227,8 @@ def make_embedded_dataset(
         classes: subset of the class names in `CLASSES` (default all ten).
         grain: standard deviation of per-pixel noise (0-255 scale), for benchmarks that want camera-like data.
         overwrite: replace an existing data set in `output_dir`.
+        layout: "ucf101" (three official-style splits) or "metadata" (your-own-videos layout, split 1's groups).
+        metadata_format: "csv" or "jsonl", for layout "metadata".
     """
     by_name = {cls.name: cls for cls in CLASSES}
     names = list(by_name) if classes is None else list(classes)
@@ -196,14 +239,23 @@ def make_embedded_dataset(
         raise ValueError(f"num_groups must be >= {len(SPLITS)} so that each split holds out different groups")
     if clips_per_group < 1 or num_frames < 1 or fps <= 0:
         raise ValueError("clips_per_group and num_frames must be >= 1 and fps positive")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if metadata_format not in METADATA_FORMATS:
+        raise ValueError(f"metadata_format must be one of {METADATA_FORMATS}, got {metadata_format!r}")
     root = Path(output_dir)
     videos_dir, split_dir = root / VIDEO_DIR, root / SPLIT_DIR
-    if videos_dir.exists() or split_dir.exists():
+    subset_dirs = {subset: root / folders[0] for subset, folders in SPLIT_FOLDERS.items()}  # train/, test/
+    ours = [videos_dir, split_dir, *subset_dirs.values(), *(root / name for name in METADATA_FILENAMES)]
+    if any(path.exists() for path in ours):
         if not overwrite:
-            raise FileExistsError(f"{root} already holds a data set ({VIDEO_DIR}/ or {SPLIT_DIR}/); pass overwrite=True "
-                                  "(--overwrite) or choose another folder")
-        shutil.rmtree(videos_dir, ignore_errors=True)
-        shutil.rmtree(split_dir, ignore_errors=True)
+            raise FileExistsError(f"{root} already holds a data set ({', '.join(p.name for p in ours if p.exists())}); "
+                                  "pass overwrite=True (--overwrite) or choose another folder")
+        for path in ours:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     class_index = {cls.name: number for number, cls in enumerate(CLASSES)}  # stable seeds for any subset
     test_groups = np.array_split(np.arange(1, num_groups + 1), len(SPLITS))
@@ -216,20 +268,19 @@ def make_embedded_dataset(
                 rng = np.random.default_rng([seed, class_index[name], group, clip])
                 frames = _render(cls, scene, _motion(rng, cls, height), num_frames, fps, height, width, grain, rng)
                 relative = f"{name}/v_{name}_g{group:02d}_c{clip:02d}.avi"
-                write_video(videos_dir / relative, frames, fps)
+                subset = "test" if group in test_groups[0] else "train"
+                write_video((videos_dir if layout == "ucf101" else subset_dirs[subset]) / relative, frames, fps)
                 entries.append((relative, label, group))
 
-    # Split files last: an interrupted run leaves no listing, so it cannot be mistaken for a data set.
-    split_dir.mkdir(parents=True)
-    crlf = "\r\n"  # as in the official files
-    (split_dir / "classInd.txt").write_text("".join(f"{i} {name}{crlf}" for i, name in enumerate(names, 1)), newline="")
-    for split, held_out in zip(SPLITS, test_groups):
-        train = [f"{rel} {label}{crlf}" for rel, label, group in entries if group not in held_out]
-        test = [f"{rel}{crlf}" for rel, label, group in entries if group in held_out]
-        (split_dir / f"trainlist0{split}.txt").write_text("".join(train), newline="")
-        (split_dir / f"testlist0{split}.txt").write_text("".join(test), newline="")
+    # Listings last: an interrupted run leaves none, so it cannot be mistaken for a data set.
+    if layout == "ucf101":
+        _write_split_lists(split_dir, names, entries, test_groups)
+    else:
+        for subset, folder in subset_dirs.items():
+            chosen = [entry for entry in entries if (entry[2] in test_groups[0]) == (subset == "test")]
+            _write_metadata(folder, names, chosen, metadata_format)
     description = {
-        "seed": seed, "num_groups": num_groups, "clips_per_group": clips_per_group, "num_frames": num_frames,
+        "layout": layout, "seed": seed, "num_groups": num_groups, "clips_per_group": clips_per_group, "num_frames": num_frames,
         "fps": fps, "width": width, "height": height, "grain": grain,
         "test_groups": {str(split): groups.tolist() for split, groups in zip(SPLITS, test_groups)},
         "classes": [{"name": name, "caption": class_to_caption(name), "colour": by_name[name].colour,
@@ -241,7 +292,8 @@ def make_embedded_dataset(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidtwin-gen make-dataset", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", required=True, help="root folder; gets UCF-101/ and ucfTrainTestlist/")
+    parser.add_argument("--output-dir", required=True,
+                        help="root folder; gets UCF-101/ and ucfTrainTestlist/ (or train/ and test/ with --layout metadata)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-groups", type=int, default=6, help="groups gXX per class (>= 3)")
     parser.add_argument("--clips-per-group", type=int, default=3, help="clips cYY per group")
@@ -252,14 +304,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", nargs="+", default=None, metavar="NAME",
                         help=f"subset of: {' '.join(cls.name for cls in CLASSES)}")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing data set in --output-dir")
+    parser.add_argument("--layout", choices=LAYOUTS, default="ucf101",
+                        help="ucf101: UCF-101's folders and split lists; metadata: train/ and test/ folders with a "
+                             "metadata file (file_name, text, label), the layout for your own videos")
+    parser.add_argument("--metadata-format", choices=METADATA_FORMATS, default="csv", help="with --layout metadata")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         root = make_embedded_dataset(args.output_dir, seed=args.seed, num_groups=args.num_groups,
                                      clips_per_group=args.clips_per_group, num_frames=args.num_frames, fps=args.fps,
-                                     width=args.width, height=args.height, classes=args.classes, overwrite=args.overwrite)
+                                     width=args.width, height=args.height, classes=args.classes, overwrite=args.overwrite,
+                                     layout=args.layout, metadata_format=args.metadata_format)
     except (ValueError, FileExistsError) as error:
         parser.error(str(error))
-    count = sum(1 for _ in (root / VIDEO_DIR).rglob("*.avi"))
-    print(f"wrote {count} videos in UCF-101 layout to {root} in {time.perf_counter() - start:.1f} s")
+    folders = [root / VIDEO_DIR] if args.layout == "ucf101" else [root / "train", root / "test"]
+    count = sum(1 for folder in folders for _ in folder.rglob("*.avi"))
+    layout = "UCF-101 layout" if args.layout == "ucf101" else f"train/ and test/ with metadata.{args.metadata_format}"
+    print(f"wrote {count} videos in {layout} to {root} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -21,6 +21,10 @@ Two ways in:
 
 - `UCF101Clips(root, ...)`, a `torch.utils.data.Dataset` for the training scripts.
 
+Both also read a folder of your own videos with a `metadata.csv` / `metadata.jsonl` (see `video_folder`):
+`load_video_index(root, split, subset)` gives the same columns for either layout, and is what every reader of a
+data root (trainers, encode-dataset, eval-recon) goes through.
+
 Either way a broken file gives no clip (`UCF101Clips` returns None, `ClipTransform` sets "video" to None) and
 is logged once per process; `collate_clips` drops those items and reports how many in the batch's
 "num_skipped", so a training loop can sum skips across DataLoader workers and report them per epoch.
@@ -35,6 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from .video_folder import LAYOUT as VIDEO_FOLDER_LAYOUT
+from .video_folder import is_video_folder, load_video_folder
 from .video_io import VideoDecodeError, load_clip
 
 logger = logging.getLogger(__name__)
@@ -53,7 +59,8 @@ _LAYOUT = f"""expected the UCF-101 layout:
   ROOT/{VIDEO_DIR}/<ClassName>/v_<ClassName>_gXX_cYY.avi
   ROOT/{SPLIT_DIR}/classInd.txt, trainlist01.txt .. trainlist03.txt, testlist01.txt .. testlist03.txt
 (ROOT may also be the {VIDEO_DIR}/ folder, with {SPLIT_DIR}/ inside it or next to it;
-`vidtwin-gen make-dataset --output-dir ROOT` writes a small synthetic set in this layout)"""
+`vidtwin-gen make-dataset --output-dir ROOT` writes a small synthetic set in this layout);
+or {VIDEO_FOLDER_LAYOUT}"""
 
 
 def class_to_caption(name: str) -> str:
@@ -144,6 +151,19 @@ def load_ucf101(root, split: int = 1, subset: str = "train") -> datasets.Dataset
     return datasets.Dataset.from_dict({"path": paths, "label": labels, "caption": captions}, features=features)
 
 
+def load_video_index(root, split: int = 1, subset: str = "train") -> datasets.Dataset:
+    """The videos of a data root in either layout, as `load_ucf101` gives them: columns path (str, absolute),
+    label (ClassLabel) and caption (str).
+
+    A root holding `metadata.csv` / `metadata.jsonl` (at the top or in `train/` and `test/`) is a folder of your
+    own videos, read by `video_folder.load_video_folder` (`split` does not apply to it); any other root is read
+    as UCF-101 (`load_ucf101`).
+    """
+    if is_video_folder(root):
+        return load_video_folder(root, subset)
+    return load_ucf101(root, split, subset)
+
+
 class ClipTransform:
     """Decodes the "path" column into a "video" column; use with `Dataset.with_transform` (batched).
 
@@ -177,7 +197,7 @@ class ClipTransform:
 
 
 class UCF101Clips(torch.utils.data.Dataset):
-    """UCF-101-layout clips for the training scripts.
+    """Clips of a data root for the training scripts: UCF-101 layout or your own videos (`load_video_index`).
 
     Item: {"video": (3, T, H, W) float32 in [-1, 1], "label": int, "caption": str, "path": str,
     "clip_index": int}, or None for a broken file (use `collate_clips`, which counts them). Captions are the plain class captions, as in the latent cache; trainers
@@ -206,7 +226,7 @@ class UCF101Clips(torch.utils.data.Dataset):
     ):
         if clips_per_video < 1 or (train and clips_per_video > 1):
             raise ValueError(f"clips_per_video must be >= 1, and 1 when train=True; got {clips_per_video}")
-        self.dataset = load_ucf101(root, split, subset)
+        self.dataset = load_video_index(root, split, subset)
         self.transform = ClipTransform(num_frames, size, target_fps, train)
         self.clips_per_video = clips_per_video
         self.seed, self.epoch = seed, 0

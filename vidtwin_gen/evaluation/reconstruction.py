@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.output_paths import ensure_writable_dir
-from ..data.ucf101 import load_ucf101
+from ..data.ucf101 import load_video_index
 from ..data.video_io import VideoDecodeError, iter_clips, list_videos, load_clip
 from ..models import AutoencoderVidTwin
 from ..training.lpips import LPIPS
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     counter = _SkipCounter()
     if args.data_root is not None:
-        paths = load_ucf101(args.data_root, args.split, args.subset)["path"]
+        paths = load_video_index(args.data_root, args.split, args.subset)["path"]
         if args.max_clips is not None and args.max_clips < len(paths):
             # A random subset: the split files are sorted by class, so their head would be a few classes only.
             chosen = torch.randperm(len(paths), generator=torch.Generator().manual_seed(args.seed))[: args.max_clips]

@@ -797,8 +797,8 @@ recon = vae.decode(z).sample                            # (B, C, T, H, W)
             raise ValueError("the video contains NaN or Inf values")
         if peak > 1.5:
             raise ValueError(
-                f"video values reach {peak:.4g} in magnitude, expected [-1, 1]: this looks like 0..255 pixels "
-                "(or 0..1 data shifted wrongly): scale to [-1, 1], e.g. video / 127.5 - 1"
+                f"video values reach {peak:.4g} in magnitude, expected [-1, 1]: this looks like 0..255 pixels: "
+                "scale to [-1, 1], e.g. video / 127.5 - 1"
             )
 
     def _encode_chunk(self, video: torch.Tensor, qformer_dropout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

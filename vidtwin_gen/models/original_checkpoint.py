@@ -140,12 +140,15 @@ _QFORMER_DEFAULTS = {"num_hidden_layers": 6, "num_attention_heads": 8, "intermed
 def load_original_config(path: str | Path) -> dict:
     """The original `model` section ({"target": ..., "params": ...}) from a YAML or JSON file."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"original config {path}: {'is not a file' if path.exists() else 'not found'}")
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
         text = path.read_text()
-        config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        config = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
-        raise CheckpointError(f"original config {path}: cannot be read as {'JSON' if path.suffix == '.json' else 'YAML'} ({reason})") from error
+        raise CheckpointError(f"original config {path}: cannot be read as {kind} ({reason})") from error
     if isinstance(config, dict) and "model" in config:
         config = config["model"]
     if not isinstance(config, dict) or "params" not in config:
@@ -278,10 +281,17 @@ def _load_pickled(path: Path):
         "refusing to unpickle it. If you trust the file, save its state_dict with safetensors in a separate "
         "environment and convert that file instead."
     )
+    is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as handle:
+        if not is_zip and handle.read(1) != b"\x80":  # every pickle torch writes starts with PROTO
+            raise CheckpointError(
+                f"checkpoint {path}: not a torch checkpoint (neither torch's zip format nor a pickle; a text or "
+                "truncated file?); pass a Lightning .ckpt, a torch state dict or a .safetensors file"
+            )
     # Only torch's zip format can be inspected before loading; a legacy pickle goes straight to the
     # weights-only loader, which refuses every global it does not know.
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path) if zipfile.is_zipfile(path) else []
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path) if is_zip else []
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(f"checkpoint {path}: its pickle cannot be inspected ({error}); {advice}") from error
     refused = [name for name in unsafe if not name.startswith(_METADATA_MODULES)]

@@ -443,6 +443,10 @@ class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(VIDTWIN_TRANSFORMER_PRESETS)}")
         return cls(**{**VIDTWIN_TRANSFORMER_PRESETS[name], **overrides})
 
+    def set_default_attn_processor(self) -> None:
+        """Back to the default processor (`VidTwinAttnProcessor`, backend chosen by `set_attention_backend`)."""
+        self.set_attn_processor(VidTwinAttnProcessor())
+
     def model_card_facts(self) -> dict:
         """What `save_pretrained`'s README.md states about this model (see `vidtwin_gen.models.hub`)."""
         config = self.config

@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid
+# diffusers' pipeline loader finds a component's loading method by looking `ModelMixin` up in the module
+# that defines the component: it must be importable from here by name.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from einops import rearrange

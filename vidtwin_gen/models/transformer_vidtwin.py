@@ -46,6 +46,9 @@ from diffusers.models.embeddings import (
     get_3d_sincos_pos_embed,
 )
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
+# diffusers' pipeline loader finds a component's loading method by looking `ModelMixin` up in the module
+# that defines the component: it must be importable from here by name.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.utils import BaseOutput
 
 from .config_checks import check_float, check_int, check_sizes, raise_if_any

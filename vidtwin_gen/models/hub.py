@@ -90,6 +90,7 @@ class VidTwinModelMixin(ModelMixin):
             trained_on: the data the weights were trained on, stated in the model card.
             model_card_notes: a Markdown paragraph appended to the model card (e.g. conversion provenance).
         """
+        # With push_to_hub=True diffusers uploads its own generic card; this one is written locally afterwards.
         super().save_pretrained(save_directory, *args, **kwargs)
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
         if is_main_process:
@@ -100,5 +101,6 @@ class VidTwinModelMixin(ModelMixin):
         """diffusers' `from_pretrained` (same arguments, eval mode), refusing weights with NaN or Inf values."""
         loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        check_finite_weights(model.state_dict(), f"{pretrained_model_name_or_path}")
+        source = Path(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        check_finite_weights(model.state_dict(), str(source))
         return loaded

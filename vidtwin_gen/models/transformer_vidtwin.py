@@ -315,6 +315,12 @@ class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
         structure_latent_mean, structure_latent_std: per-channel statistics of z_S over the training latents
             (d_S numbers each; default 0 and 1), used by `normalize_latents`/`denormalize_latents`.
         dynamics_latent_mean, dynamics_latent_std: the same for z_D (d_D numbers each).
+
+    diffusers conventions: the attention layers are `AttentionModuleMixin` modules driven by
+    `VidTwinAttnProcessor`, so `attn_processors`, `set_attn_processor`, `set_attention_backend("native" | ...)`
+    and `fuse_qkv_projections` work as on diffusers' own transformers. `enable_layerwise_casting`,
+    `enable_group_offload`, gradient checkpointing and `torch.compile` (no graph breaks; the class-label range
+    check, which reads values, runs in eager mode only) are supported.
     """
 
     _supports_gradient_checkpointing = True

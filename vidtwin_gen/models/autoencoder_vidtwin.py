@@ -535,6 +535,10 @@ class AutoencoderVidTwin(VidTwinModelMixin, AutoencoderMixin, ConfigMixin):
     Validation: `encode` refuses non-float videos and floats far outside [-1, 1]; `decode` refuses latents of
     the wrong size and bad `num_frames`. The checks that read values (NaN/Inf, range) cost one host sync in
     eager mode and are skipped under `torch.compile`, which then traces encode/decode without graph breaks.
+
+    Offloading and casting: `encode`/`decode` carry `apply_forward_hook`, so `enable_model_cpu_offload()` moves
+    the VAE to the accelerator when a pipeline calls them; `enable_group_offload` and
+    `enable_layerwise_casting` (after casting the model to the compute dtype) work as on diffusers' VAEs.
     """
 
     _supports_gradient_checkpointing = True

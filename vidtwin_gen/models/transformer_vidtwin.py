@@ -320,7 +320,8 @@ class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
     `VidTwinAttnProcessor`, so `attn_processors`, `set_attn_processor`, `set_attention_backend("native" | ...)`
     and `fuse_qkv_projections` work as on diffusers' own transformers. `enable_layerwise_casting`,
     `enable_group_offload`, gradient checkpointing and `torch.compile` (no graph breaks; the class-label range
-    check, which reads values, runs in eager mode only) are supported.
+    check, which reads values, runs in eager mode only) are supported. For layerwise casting, cast the model
+    to the compute dtype first (`from_pretrained(..., dtype=torch.bfloat16)`), as diffusers documents it.
     """
 
     _supports_gradient_checkpointing = True

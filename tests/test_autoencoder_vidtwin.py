@@ -197,7 +197,7 @@ def test_tiling_equals_chunk_by_chunk_encoding():
     model.enable_tiling()
     chunk_lengths = []
     original = model._encode_chunk
-    model._encode_chunk = lambda clip: chunk_lengths.append(clip.shape[2]) or original(clip)
+    model._encode_chunk = lambda clip, *rest: chunk_lengths.append(clip.shape[2]) or original(clip, *rest)
     with torch.no_grad():
         encoded = model.encode(x)
         recon = model(x).sample

@@ -4,8 +4,10 @@ import copy
 import json
 import os
 import pickle
+import re
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from vidtwin_gen import AutoencoderVidTwin
 from vidtwin_gen.convert import (
+    CheckpointError,
     UnsafeCheckpointError,
     convert_state_dict,
     convert_vidtwin_checkpoint,
@@ -22,6 +25,8 @@ from vidtwin_gen.convert import (
     main,
     original_config_to_diffusers,
 )
+from vidtwin_gen.data.output_paths import OutputPathError
+from vidtwin_gen.models.hub import NonFiniteWeightsError
 
 # Reference outputs of the original implementation live outside the project (../shared/reference).
 REFERENCE = Path(
@@ -232,3 +237,164 @@ def test_unknown_missing_and_mismatched_keys_are_named(tmp_path, tiny_original):
         wrong["params"][part]["params"]["input_size"] = [8, 64, 64]
     with pytest.raises(ValueError, match="does not match the token grid"):
         convert_vidtwin_checkpoint(wrong, REFERENCE / "tiny" / "weights.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------- bad files
+
+
+def _bad_checkpoints(folder: Path) -> dict[str, Path]:
+    """name -> a file that is not a usable checkpoint, each made here."""
+    files = {"text": folder / "notes.ckpt", "empty": folder / "empty.ckpt", "hostile_zip": folder / "hostile.ckpt",
+             "junk_safetensors": folder / "junk.safetensors", "foreign_zip": folder / "foreign.ckpt",
+             "list": folder / "list.pt", "missing": folder / "missing.ckpt", "folder": folder / "a_folder.ckpt"}
+    files["text"].write_text("this is not a checkpoint\n" * 5)
+    files["empty"].write_bytes(b"")
+    # torch's zip layout around a pickle with an opcode the weights-only unpickler does not support
+    with zipfile.ZipFile(files["hostile_zip"], "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02Vhello\n.")
+        archive.writestr("archive/version", b"3\n")
+    files["junk_safetensors"].write_bytes(bytes(range(256)) * 4)
+    with zipfile.ZipFile(files["foreign_zip"], "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    torch.save([1, 2, 3], files["list"])
+    files["folder"].mkdir()
+    return files
+
+
+def test_every_bad_checkpoint_is_one_clear_line_naming_the_file(tmp_path):
+    section = original_config_section()
+    for kind, path in _bad_checkpoints(tmp_path).items():
+        with pytest.raises(CheckpointError) as error:
+            load_original_checkpoint(path)
+        message = str(error.value)
+        assert isinstance(error.value, ValueError), kind
+        assert str(path) in message and "\n" not in message, (kind, message)
+        # the same error through the converter and through from_single_file
+        with pytest.raises(CheckpointError, match=re.escape(str(path))):
+            convert_vidtwin_checkpoint(section, path)
+        with pytest.raises(CheckpointError, match=re.escape(str(path))):
+            AutoencoderVidTwin.from_single_file(path, original_config=section)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to unpickle"):
+        load_original_checkpoint(tmp_path / "hostile.ckpt")
+
+
+def original_config_section() -> dict:
+    """A small original `model:` section (the mapping test's), no reference files needed."""
+    return {
+        "target": "vidtwin.models.vidtwin_ae.VidAutoEncoderQformerCompactSymVidVAE",
+        "params": {
+            "expect_ch": 4, "cont_num_blocks": 1, "downsample_motion": True, "motion_num_blocks": 1, "d_dim": 4,
+            "init_ch": 32,
+            "temporal_qformer_config": {"params": {"num_query_tokens": 8, "query_hidden_size": 32}},
+            "encoder_config": {"params": {"in_channels": 3, "input_size": [8, 32, 32], "patch_size": [1, 8, 8],
+                                          "hidden_size": 64, "depth": 2, "num_heads": 4, "temporal_casual": True}},
+            "decoder_config": {"params": {"in_channels": 3, "input_size": [8, 32, 32], "patch_size": [1, 8, 8],
+                                          "hidden_size": 64, "depth": 2, "num_heads": 4, "temporal_casual": True}},
+        },
+    }
+
+
+def test_bad_original_configs_name_the_problem(tmp_path):
+    cases = {
+        "broken.yaml": ("model: {params: [unclosed", "cannot be read as YAML"),
+        "broken.json": ("{not json", "cannot be read as JSON"),
+        "no_params.yaml": ("model:\n  target: x\n", "expected the original config's `model:` section"),
+        "missing_key.json": (json.dumps({"model": {"target": "x", "params": {"expect_ch": 4}}}), "missing key"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(CheckpointError, match=message) as error:
+            convert_vidtwin_checkpoint(tmp_path / name, tmp_path / "unused.ckpt")
+        assert "\n" not in str(error.value)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_original_config(tmp_path / "nowhere.yaml")
+    bad_sizes = original_config_section()
+    bad_sizes["params"]["encoder_config"]["params"]["num_heads"] = 0
+    bad_sizes["params"]["decoder_config"]["params"]["num_heads"] = 0
+    torch.save({"state_dict": {"conv_in.weight": torch.zeros(1)}}, tmp_path / "tiny.ckpt")
+    with pytest.raises(ValueError, match="num_attention_heads=0 is out of range"):
+        convert_vidtwin_checkpoint(bad_sizes, tmp_path / "tiny.ckpt")
+
+
+def test_output_folder_is_checked_before_loading(tmp_path):
+    section = original_config_section()
+    missing_checkpoint = tmp_path / "does_not_exist.ckpt"
+    as_file = tmp_path / "out_file"
+    as_file.write_text("I am a file")
+    with pytest.raises(OutputPathError, match="not a folder"):
+        convert_vidtwin_checkpoint(section, missing_checkpoint, as_file)
+    with pytest.raises(OutputPathError, match="not a folder"):
+        convert_vidtwin_checkpoint(section, missing_checkpoint, as_file / "inside")
+    if os.geteuid() != 0:  # root writes through permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            with pytest.raises(OutputPathError, match="not writable"):
+                convert_vidtwin_checkpoint(section, missing_checkpoint, locked / "out")
+        finally:
+            locked.chmod(0o700)
+
+
+@needs_reference
+def test_nan_weights_are_refused_at_conversion(tmp_path, tiny_original):
+    section, state_dict = tiny_original
+    broken = dict(state_dict)
+    broken["motion_head.weight"] = broken["motion_head.weight"].clone()
+    broken["motion_head.weight"].view(-1)[3] = float("inf")
+    save_file(broken, tmp_path / "nan.safetensors")
+    with pytest.raises(NonFiniteWeightsError, match=r"'motion_head\.weight'.*1 NaN/Inf"):
+        convert_vidtwin_checkpoint(section, tmp_path / "nan.safetensors", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # Unused training-only keys may hold anything.
+    save_file({**state_dict, "loss.logvar": torch.tensor([float("nan")])}, tmp_path / "loss_nan.safetensors")
+    convert_vidtwin_checkpoint(section, tmp_path / "loss_nan.safetensors")
+
+
+@needs_reference
+def test_convert_is_atomic(tmp_path, tiny_original, monkeypatch):
+    section, _ = tiny_original
+    weights = REFERENCE / "tiny" / "weights.safetensors"
+    out = tmp_path / "converted"
+    convert_vidtwin_checkpoint(section, weights, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(self, save_directory, *args, **kwargs):
+        (Path(save_directory) / "config.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(AutoencoderVidTwin, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        convert_vidtwin_checkpoint(section, weights, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old conversion is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]  # no partial folder left behind
+    with pytest.raises(OSError, match="No space left"):
+        convert_vidtwin_checkpoint(section, weights, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
+
+
+@needs_reference
+def test_from_single_file_equals_the_converter(tmp_path, tiny_original):
+    section, state_dict = tiny_original
+    config_path = REFERENCE / "tiny" / "reference_config.json"
+    out = tmp_path / "converted"
+    assert main(["--original-config", str(config_path), "--checkpoint", str(REFERENCE / "tiny" / "weights.safetensors"),
+                 "--output-dir", str(out)]) == 0
+    converted = AutoencoderVidTwin.from_pretrained(out)
+    # from a Lightning .ckpt as well as from safetensors, with the config as a path or a dict
+    torch.save({"state_dict": state_dict, "epoch": 1}, tmp_path / "last.ckpt")
+    for checkpoint, original_config in ((REFERENCE / "tiny" / "weights.safetensors", config_path),
+                                        (tmp_path / "last.ckpt", section)):
+        single = AutoencoderVidTwin.from_single_file(checkpoint, original_config=original_config)
+        assert not single.training
+        public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+        assert public(single.config) == public(converted.config)
+        assert single.state_dict().keys() == converted.state_dict().keys()
+        for (name, p), (_, q) in zip(single.state_dict().items(), converted.state_dict().items()):
+            assert torch.equal(p, q), name
+    half = AutoencoderVidTwin.from_single_file(tmp_path / "last.ckpt", original_config=section, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="only dtype"):
+        AutoencoderVidTwin.from_single_file(tmp_path / "last.ckpt", original_config=section, token="x")
+    card = (out / "README.md").read_text()
+    assert "library_name: diffusers" in card and "Provenance" in card and "from_single_file" in card

@@ -17,6 +17,8 @@ Data flow, for one clip of T frames, H x W pixels, patch p (token grid t x h x w
 The packed joint latent is `cat(z_S.flatten(1), z_D.flatten(1))`, shape (B, N).
 """
 
+import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +27,15 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid
-from diffusers.models.modeling_utils import ModelMixin
+# diffusers' pipeline loader finds a component's loading method by looking `ModelMixin` up in the module
+# that defines the component: it must be importable from here by name.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from einops import rearrange
+
+from .config_checks import check_float, check_int, check_sizes, halvings_to_one, raise_if_any
+from .hub import VidTwinModelMixin
 
 DECODE_PARTS = (None, "structure", "dynamics")
 
@@ -239,15 +247,15 @@ class QFormerAttention(nn.Module):
         self.dense = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, use_dropout: bool = False) -> torch.Tensor:
         context = x if context is None else context
         q, k, v = (
             rearrange(proj(inp), "n l (heads d) -> n heads l d", heads=self.num_heads)
             for proj, inp in ((self.query, x), (self.key, context), (self.value, context))
         )
-        dropout = self.dropout if self.training else 0.0
-        out = rearrange(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout), "n heads l d -> n l (heads d)")
-        return self.norm(x + F.dropout(self.dense(out), self.dropout, self.training))
+        p = self.dropout if use_dropout and self.training else 0.0
+        out = rearrange(F.scaled_dot_product_attention(q, k, v, dropout_p=p), "n heads l d -> n l (heads d)")
+        return self.norm(x + F.dropout(self.dense(out), p, p > 0))
 
 
 class QFormerLayer(nn.Module):
@@ -264,12 +272,12 @@ class QFormerLayer(nn.Module):
         self.ffn_out = nn.Linear(intermediate_size, dim)
         self.ffn_norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = self.self_attention(x)
+    def forward(self, x: torch.Tensor, context: torch.Tensor, use_dropout: bool = False) -> torch.Tensor:
+        x = self.self_attention(x, use_dropout=use_dropout)
         if self.cross_attention is not None:
-            x = self.cross_attention(x, context)
-        h = F.dropout(self.ffn_out(F.gelu(self.ffn_in(x))), self.dropout, self.training)
-        return self.ffn_norm(x + h)
+            x = self.cross_attention(x, context, use_dropout=use_dropout)
+        p = self.dropout if use_dropout and self.training else 0.0
+        return self.ffn_norm(x + F.dropout(self.ffn_out(F.gelu(self.ffn_in(x))), p, p > 0))
 
 
 class TemporalQFormer(nn.Module):
@@ -301,12 +309,13 @@ class TemporalQFormer(nn.Module):
             ]
         )
 
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
-        # context: (N, T, D) -> (N, n_q, d_q)
+    def forward(self, context: torch.Tensor, use_dropout: bool = False) -> torch.Tensor:
+        """context (N, T, D) -> (N, n_q, d_q). Dropout acts only with `use_dropout` in train mode (see the model)."""
         x = self.norm(self.queries).expand(context.shape[0], -1, -1)
-        x = F.dropout(x, self.dropout, self.training)
+        p = self.dropout if use_dropout and self.training else 0.0
+        x = F.dropout(x, p, p > 0)
         for layer in self.layers:
-            x = layer(x, context)
+            x = layer(x, context, use_dropout)
         return x
 
 
@@ -324,10 +333,10 @@ class StructureEncoder(nn.Module):
         self.down_blocks = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(channels, 2 * latent_channels, 3, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, use_dropout: bool = False) -> torch.Tensor:
         b, d, t, h, w = z.shape
         # Space folds into the batch: the Q-Former summarises time at each grid cell.
-        queries = self.qformer(rearrange(z, "b d t h w -> (b h w) t d"))  # (B*h*w, n_q, d_q)
+        queries = self.qformer(rearrange(z, "b d t h w -> (b h w) t d"), use_dropout)  # (B*h*w, n_q, d_q)
         n_q = queries.shape[1]
         x = rearrange(queries, "(b h w) q c -> (b q) c h w", b=b, h=h, w=w)
         moments = self.conv_out(self.down_blocks(self.conv_in(x)))  # (B*n_q, 2 d_S, h_S, w_S)
@@ -425,11 +434,74 @@ class DynamicsDecoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# Config validation
+# ----------------------------------------------------------------------------------------------
+
+
+def check_autoencoder_config(
+    in_channels, sample_size, num_frames, patch_size, patch_size_t, hidden_size, num_encoder_layers,
+    num_decoder_layers, num_attention_heads, mlp_ratio, num_queries, query_dim, qformer_num_layers,
+    qformer_num_attention_heads, qformer_intermediate_size, qformer_cross_attention_frequency, qformer_dropout,
+    structure_channels, structure_base_channels, structure_down_blocks, dynamics_channels, dynamics_down_blocks,
+) -> tuple[int, int, int]:
+    """Validate every size key of an `AutoencoderVidTwin` config, reporting all problems; returns the token grid
+    (t, h, w)."""
+    problems = []
+    frame = (sample_size, sample_size) if isinstance(sample_size, int) and not isinstance(sample_size, bool) else sample_size
+    frame_ok = check_sizes(problems, "sample_size", frame, 2, "(H, W) or one int", (16384, 16384))
+    frames_ok = check_int(problems, "num_frames", num_frames, 1, 4096)
+    grid = None
+    if frame_ok and check_int(problems, "patch_size", patch_size, 1, min(frame)):
+        height, width = frame
+        if height % patch_size or width % patch_size:
+            problems.append(f"sample_size {height}x{width} must be divisible by patch_size {patch_size}")
+        elif frames_ok and check_int(problems, "patch_size_t", patch_size_t, 1, num_frames):
+            if num_frames % patch_size_t:
+                problems.append(f"num_frames {num_frames} must be divisible by patch_size_t {patch_size_t}")
+            else:
+                grid = (num_frames // patch_size_t, height // patch_size, width // patch_size)
+    if check_int(problems, "num_attention_heads", num_attention_heads, 1, 1024) and check_int(
+        problems, "hidden_size", hidden_size, 4, 65536
+    ):
+        if hidden_size % num_attention_heads or hidden_size % 4:
+            problems.append(f"hidden_size {hidden_size} must be divisible by 4 and by num_attention_heads")
+    if check_int(problems, "qformer_num_attention_heads", qformer_num_attention_heads, 1, 1024) and check_int(
+        problems, "query_dim", query_dim, 1, 65536
+    ):
+        if query_dim % qformer_num_attention_heads:
+            problems.append(f"query_dim {query_dim} must be divisible by qformer_num_attention_heads")
+    for name, value, high in (
+        ("in_channels", in_channels, 64), ("num_encoder_layers", num_encoder_layers, 1024),
+        ("num_decoder_layers", num_decoder_layers, 1024), ("num_queries", num_queries, 4096),
+        ("qformer_num_layers", qformer_num_layers, 1024), ("qformer_intermediate_size", qformer_intermediate_size, 1 << 20),
+        ("qformer_cross_attention_frequency", qformer_cross_attention_frequency, 1024),
+        ("structure_channels", structure_channels, 4096), ("structure_base_channels", structure_base_channels, 65536),
+        ("dynamics_channels", dynamics_channels, 4096),
+    ):
+        check_int(problems, name, value, 1, high)
+    check_float(problems, "mlp_ratio", mlp_ratio, 0.0, 64.0)
+    if isinstance(qformer_dropout, bool) or not isinstance(qformer_dropout, (int, float)) or not 0 <= qformer_dropout < 1:
+        problems.append(f"qformer_dropout={qformer_dropout!r} is out of range: allowed [0, 1)")
+    if grid is not None:
+        # Each down block halves the grid and doubles the channels: past a 1x1 grid it only adds memory.
+        most = halvings_to_one(max(grid[1:]))
+        check_int(problems, "structure_down_blocks", structure_down_blocks, 0, most)
+        if check_int(problems, "dynamics_down_blocks", dynamics_down_blocks, 0, most):
+            if dynamics_down_blocks > 0 and grid[1] != grid[2]:
+                problems.append(
+                    "dynamics_down_blocks > 0 needs a square token grid (its position MLP is shared by both "
+                    f"axes), got {grid[1]}x{grid[2]}; use a square sample_size or dynamics_down_blocks=0"
+                )
+    raise_if_any(problems, "AutoencoderVidTwin")
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------
 
 
-class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
+class AutoencoderVidTwin(VidTwinModelMixin, AutoencoderMixin, ConfigMixin):
     r"""
     VidTwin video autoencoder with a structure latent z_S and a dynamics latent z_D.
 
@@ -449,10 +521,33 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         structure_channels: d_S. structure_base_channels: channels after the Q-Former's conv_in.
         structure_down_blocks: stride-2 convolutions on the structure path (h -> h_S).
         dynamics_channels: d_D. dynamics_down_blocks: stride-2 convolutions on the dynamics path.
+
+    Q-Former dropout: `qformer_dropout` (0.1, the original's training recipe) acts only inside `forward` of a
+    model in train mode, the path training takes. `encode` and `decode` never drop anything, so their output
+    does not depend on whether `eval()` was called (diffusers' `from_pretrained` returns eval mode anyway).
+    Set `qformer_dropout=0.0` to train without it.
+
+    Attention: the spatio-temporal backbone calls `scaled_dot_product_attention` directly on a fused qkv
+    projection (the layout of the original weights, which `from_single_file` and `vidtwin-gen convert` map
+    one to one), so diffusers' attention processors and `set_attention_backend` do not apply to the VAE; the
+    DiT (`VidTwinTransformer3DModel`) supports them.
+
+    Validation: `encode` refuses non-float videos and floats far outside [-1, 1]; `decode` refuses latents of
+    the wrong size and bad `num_frames`. The checks that read values (NaN/Inf, range) cost one host sync in
+    eager mode and are skipped under `torch.compile`, which then traces encode/decode without graph breaks.
+
+    Offloading and casting: `encode`/`decode` carry `apply_forward_hook`, so `enable_model_cpu_offload()` moves
+    the VAE to the accelerator when a pipeline calls them; `enable_group_offload` and
+    `enable_layerwise_casting` (after casting the model to the compute dtype) work as on diffusers' VAEs.
     """
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["SpatioTemporalBlock", "QFormerLayer"]
+    _repeated_blocks = ["SpatioTemporalBlock"]
+    # Kept in the compute dtype under `enable_layerwise_casting`: the patch embedding, the norms and the pixel
+    # head (precision-critical, as in diffusers' defaults). Raw parameters (modulation tables, Q-Former
+    # queries) are never cast by layerwise casting: they stay in the dtype the model was cast to.
+    _skip_layerwise_casting_patterns = ["patch_embed", "norm", "^head"]
 
     @register_to_config
     def __init__(
@@ -482,25 +577,13 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         dynamics_down_blocks: int = 1,
     ):
         super().__init__()
-        height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
-        problems = []
-        if height % patch_size or width % patch_size:
-            problems.append(f"sample_size {height}x{width} must be divisible by patch_size {patch_size}")
-        if num_frames % patch_size_t:
-            problems.append(f"num_frames {num_frames} must be divisible by patch_size_t {patch_size_t}")
-        if hidden_size % num_attention_heads or hidden_size % 4:
-            problems.append(f"hidden_size {hidden_size} must be divisible by 4 and by num_attention_heads")
-        if query_dim % qformer_num_attention_heads:
-            problems.append(f"query_dim {query_dim} must be divisible by qformer_num_attention_heads")
-        grid_size = (num_frames // patch_size_t, height // patch_size, width // patch_size)
-        if dynamics_down_blocks > 0 and grid_size[1] != grid_size[2]:
-            problems.append(
-                "dynamics_down_blocks > 0 needs a square token grid (its position MLP is shared by both "
-                f"axes), got {grid_size[1]}x{grid_size[2]}; use a square sample_size or dynamics_down_blocks=0"
-            )
-        if problems:
-            raise ValueError("Invalid AutoencoderVidTwin config: " + "; ".join(problems))
-
+        grid_size = check_autoencoder_config(
+            in_channels, sample_size, num_frames, patch_size, patch_size_t, hidden_size, num_encoder_layers,
+            num_decoder_layers, num_attention_heads, mlp_ratio, num_queries, query_dim, qformer_num_layers,
+            qformer_num_attention_heads, qformer_intermediate_size, qformer_cross_attention_frequency,
+            qformer_dropout, structure_channels, structure_base_channels, structure_down_blocks,
+            dynamics_channels, dynamics_down_blocks,
+        )
         self.grid_size = grid_size
         self.structure_grid = (_halve(grid_size[1], structure_down_blocks), _halve(grid_size[2], structure_down_blocks))
         self.dynamics_grid = (_halve(grid_size[1], dynamics_down_blocks), _halve(grid_size[2], dynamics_down_blocks))
@@ -559,6 +642,59 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         if name not in VIDTWIN_PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(VIDTWIN_PRESETS)}")
         return cls(**{**VIDTWIN_PRESETS[name], **overrides})
+
+    @classmethod
+    def from_single_file(
+        cls, pretrained_model_link_or_path: str | os.PathLike, original_config: str | os.PathLike | dict, **kwargs
+    ) -> "AutoencoderVidTwin":
+        """Load an original VidTwin checkpoint (microsoft/VidTok `vidtwin/`), diffusers' single-file idiom.
+
+        Args:
+            pretrained_model_link_or_path: a local Lightning `.ckpt`, torch state dict or `.safetensors` file of
+                the original model. Nothing is downloaded, and pickles are read with `weights_only=True`
+                (Lightning/OmegaConf metadata becomes inert placeholders; anything else is refused).
+            original_config: the YAML the checkpoint was trained with (its `model:` section), a JSON file of
+                that section, or the section as a dict.
+            dtype: optional torch dtype of the returned model (default float32).
+
+        Returns:
+            the model in eval mode, equal to what `vidtwin-gen convert` writes for the same files.
+        """
+        # Imported here: original_checkpoint builds this class, so a module-level import would be circular.
+        from .original_checkpoint import load_original_vidtwin
+
+        unknown = set(kwargs) - {"dtype", "torch_dtype"}
+        if unknown:
+            raise TypeError(f"from_single_file got unsupported argument(s) {sorted(unknown)}: only dtype is supported")
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype")) or torch.float32
+        return load_original_vidtwin(original_config, pretrained_model_link_or_path, dtype=dtype).model
+
+    def model_card_facts(self) -> dict:
+        """What `save_pretrained`'s README.md states about this model (see `vidtwin_gen.models.hub`)."""
+        c, t, h, w = self.sample_shape
+        return {
+            "title": "VidTwin autoencoder",
+            "summary": "A video autoencoder with decoupled structure and dynamics latents (Wang et al., CVPR 2025), "
+            "as the diffusers model `vidtwin_gen.AutoencoderVidTwin`.",
+            "tags": ["video", "autoencoder", "vidtwin"],
+            # Reconstruction, partial decoding and cross-reenactment all map videos to videos.
+            "pipeline_tag": "video-to-video",
+            "rows": [
+                ("input", f"{t} frames x {h}x{w}, {c} channels, values in [-1, 1]"),
+                ("structure latent z_S", f"{self.structure_latent_shape} (d_S, n_q, h_S, w_S)"),
+                ("dynamics latent z_D", f"{self.dynamics_latent_shape} (d_D, t, w_D + h_D)"),
+                ("latent numbers per clip", f"{self.latent_size:,}"),
+                ("compression rate", f"{100 * self.compression_rate:.3f} % of the input"),
+            ],
+            "usage": f"""
+import torch
+from vidtwin_gen import AutoencoderVidTwin
+vae = AutoencoderVidTwin.from_pretrained("path/to/this/folder")
+video = torch.rand(1, {c}, {t}, {h}, {w}) * 2 - 1          # (B, C, T, H, W) in [-1, 1]
+z = vae.encode(video).latent_dist.mode()                # (B, {self.latent_size}) packed z_S + z_D
+recon = vae.decode(z).sample                            # (B, C, T, H, W)
+""",
+        }
 
     # ------------------------------------------------------------------ latent geometry
 
@@ -627,10 +763,25 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ encode
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype inputs are cast to. Read from a raw parameter: under `enable_layerwise_casting` the
+        Linear/Conv weights sit in the storage dtype, raw parameters in the dtype the model was cast to."""
+        return self.head.scale_shift_table.dtype
+
     def _check_video(self, video: torch.Tensor) -> None:
         c, t, h, w = self.sample_shape
+        if not isinstance(video, torch.Tensor):
+            raise TypeError(f"video must be a torch.Tensor (B, {c}, T, {h}, {w}) in [-1, 1], got {type(video).__name__}")
+        if not video.is_floating_point():
+            raise TypeError(
+                f"video must be a floating-point tensor with values in [-1, 1], got dtype {video.dtype}; for 0..255 "
+                "pixels use video.float() / 127.5 - 1"
+            )
         if video.ndim != 5:
             raise ValueError(f"expected a video of shape (B, {c}, T, {h}, {w}), got shape {tuple(video.shape)}")
+        if video.shape[0] < 1:
+            raise ValueError(f"expected at least one clip in the batch, got shape {tuple(video.shape)}")
         if video.shape[1] != c:
             raise ValueError(f"expected {c} channels at dim 1 of (B, C, T, H, W), got shape {tuple(video.shape)}")
         if tuple(video.shape[3:]) != (h, w):
@@ -646,17 +797,25 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
                 f"expected {t} frames (the config's num_frames), got {video.shape[2]}; call enable_tiling() to "
                 f"encode longer or shorter clips as {t}-frame chunks"
             )
-        if not torch.isfinite(video).all():
+        if torch.compiler.is_compiling():
+            return  # reading values would be a host sync and a graph break
+        peak = video.detach().abs().amax().item()  # one sync covers NaN/Inf and the range
+        if not math.isfinite(peak):
             raise ValueError("the video contains NaN or Inf values")
+        if peak > 1.5:
+            raise ValueError(
+                f"video values reach {peak:.4g} in magnitude, expected [-1, 1]: this looks like 0..255 pixels: "
+                "scale to [-1, 1], e.g. video / 127.5 - 1"
+            )
 
-    def _encode_chunk(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_chunk(self, video: torch.Tensor, qformer_dropout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encoder(self.patch_embed(video))  # (B, D, t, h, w)
-        return self.structure_encoder(z), self.dynamics_encoder(z)
+        return self.structure_encoder(z, qformer_dropout), self.dynamics_encoder(z)
 
-    def _encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_moments(self, video: torch.Tensor, qformer_dropout: bool) -> tuple[torch.Tensor, torch.Tensor]:
         frames = self.sample_shape[1]
         if not self.use_tiling:
-            return self._encode_chunk(video)
+            return self._encode_chunk(video, qformer_dropout)
         # Consecutive T-frame chunks; the last is padded by repeating its final frame.
         moments = []
         for start in range(0, video.shape[2], frames):
@@ -664,28 +823,19 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
             if chunk.shape[2] < frames:
                 pad = chunk[:, :, -1:].expand(-1, -1, frames - chunk.shape[2], -1, -1)
                 chunk = torch.cat([chunk, pad], dim=2)
-            moments.append(self._encode_chunk(chunk))
+            moments.append(self._encode_chunk(chunk, qformer_dropout))
         structure, dynamics = zip(*moments)
         return torch.cat(structure, dim=2), torch.cat(dynamics, dim=2)
 
-    def encode(self, video: torch.Tensor, return_dict: bool = True) -> VidTwinEncoderOutput | tuple:
-        """Encode a clip.
-
-        Args:
-            video: (B, C, T, H, W) in [-1, 1]; T must be the config's `num_frames` unless tiling is on.
-
-        Returns:
-            `VidTwinEncoderOutput` with `latent_dist` (B, N), `structure_dist` and `dynamics_dist`.
-            Use `.mode()` (the posterior mean) for inference, `.sample()` for training.
-        """
-        self._check_video(video)
-        video = video.to(self.patch_embed.weight.dtype)
+    def _posterior(self, video: torch.Tensor, qformer_dropout: bool) -> VidTwinEncoderOutput:
+        """The posteriors of a checked video; the Q-Former dropout acts only if asked and in train mode."""
+        video = video.to(self.compute_dtype)
         if self.use_slicing and video.shape[0] > 1:
-            moments = [self._encode_moments(clip) for clip in video.split(1)]
+            moments = [self._encode_moments(clip, qformer_dropout) for clip in video.split(1)]
             structure = torch.cat([m[0] for m in moments])
             dynamics = torch.cat([m[1] for m in moments])
         else:
-            structure, dynamics = self._encode_moments(video)
+            structure, dynamics = self._encode_moments(video, qformer_dropout)
 
         structure_dist, dynamics_dist = DiagonalGaussian(structure), DiagonalGaussian(dynamics)
         joint = torch.cat(
@@ -693,7 +843,22 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
              structure_dist.logvar.flatten(1), dynamics_dist.logvar.flatten(1)],
             dim=1,
         )
-        output = VidTwinEncoderOutput(DiagonalGaussian(joint), structure_dist, dynamics_dist)
+        return VidTwinEncoderOutput(DiagonalGaussian(joint), structure_dist, dynamics_dist)
+
+    @apply_forward_hook
+    def encode(self, video: torch.Tensor, return_dict: bool = True) -> VidTwinEncoderOutput | tuple:
+        """Encode a clip (deterministic in train and eval mode: no Q-Former dropout here).
+
+        Args:
+            video: (B, C, T, H, W), floating point in [-1, 1]; T must be the config's `num_frames` unless
+                tiling is on.
+
+        Returns:
+            `VidTwinEncoderOutput` with `latent_dist` (B, N), `structure_dist` and `dynamics_dist`.
+            Use `.mode()` (the posterior mean) for inference, `.sample()` for training.
+        """
+        self._check_video(video)
+        output = self._posterior(video, qformer_dropout=False)
         return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------ decode
@@ -727,6 +892,25 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         )
         return video if num_frames is None else video[:, :, :num_frames]
 
+    def _check_latent(self, z: torch.Tensor, part: str | None, num_frames: int | None) -> None:
+        if part not in DECODE_PARTS:
+            raise ValueError(f"part must be one of {DECODE_PARTS}, got {part!r}")
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            raise TypeError(f"z must be a floating-point tensor (B, {self.latent_size}), got {getattr(z, 'dtype', type(z))}")
+        if z.ndim != 2 or z.shape[0] < 1 or z.shape[1] == 0 or z.shape[1] % self.latent_size:
+            raise ValueError(
+                f"expected a packed latent of shape (B, {self.latent_size}) (or (B, K*{self.latent_size}) for "
+                f"K tiled chunks) with B >= 1, got {tuple(z.shape)}; this VAE's latent_size is {self.latent_size}"
+            )
+        frames = z.shape[1] // self.latent_size * self.sample_shape[1]
+        if num_frames is not None and (
+            isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= frames
+        ):
+            raise ValueError(f"num_frames={num_frames!r} must be None or an integer in [1, {frames}] (the frames z holds)")
+        if not torch.compiler.is_compiling() and not torch.isfinite(z).all():
+            raise ValueError("the latent contains NaN or Inf values")
+
+    @apply_forward_hook
     def decode(
         self, z: torch.Tensor, part: str | None = None, num_frames: int | None = None, return_dict: bool = True
     ) -> DecoderOutput | tuple[torch.Tensor]:
@@ -735,16 +919,13 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
         Args:
             z: (B, N) packed latent (`pack_latents`), or (B, K*N) from a tiled encode.
             part: None for the full reconstruction, "structure" or "dynamics" to decode one part alone.
-            num_frames: trim the output to this many frames (the length of a tiled input clip).
+            num_frames: trim the output to this many frames (the length of a tiled input clip), 1 to K*T.
 
         Returns:
             `DecoderOutput` whose `sample` is (B, C, T, H, W), unclamped.
         """
-        if part not in DECODE_PARTS:
-            raise ValueError(f"part must be one of {DECODE_PARTS}, got {part!r}")
-        if not torch.isfinite(z).all():
-            raise ValueError("the latent contains NaN or Inf values")
-        video = self._decode_batch(z.to(self.patch_embed.weight.dtype), part, num_frames)
+        self._check_latent(z, part, num_frames)
+        video = self._decode_batch(z.to(self.compute_dtype), part, num_frames)
         return DecoderOutput(sample=video) if return_dict else (video,)
 
     def _decode_batch(self, z: torch.Tensor, part: str | None, num_frames: int | None) -> torch.Tensor:
@@ -762,9 +943,11 @@ class AutoencoderVidTwin(ModelMixin, AutoencoderMixin, ConfigMixin):
     ) -> VidTwinDecoderOutput | tuple[torch.Tensor]:
         """Reconstruct `sample` (B, C, T, H, W); the posterior mean unless `sample_posterior`.
 
-        Training goes through here (not `encode`/`decode`) so that a DDP wrapper sees the whole computation.
+        Training goes through here (not `encode`/`decode`) so that a DDP wrapper sees the whole computation;
+        it is also the only path where the Q-Former dropout acts (in train mode).
         """
-        posterior = self.encode(sample).latent_dist
+        self._check_video(sample)
+        posterior = self._posterior(sample, qformer_dropout=True).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         # No input checks on z here: a diverging training run must reach its loss check, not stop at the latent.
         video = self._decode_batch(z, part, sample.shape[2])

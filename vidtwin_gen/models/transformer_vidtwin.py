@@ -37,17 +37,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import FeedForward
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import (
     PixArtAlphaTextProjection,
     TimestepEmbedding,
     Timesteps,
     get_3d_sincos_pos_embed,
 )
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
+# diffusers' pipeline loader finds a component's loading method by looking `ModelMixin` up in the module
+# that defines the component: it must be importable from here by name.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.utils import BaseOutput
+
+from .config_checks import check_float, check_int, check_sizes, raise_if_any
+from .hub import VidTwinModelMixin
 
 # Named configurations. "paper": the paper's DiT size (18 layers, width 1152) on the paper VAE's
 # latents (AutoencoderVidTwin.from_preset("paper"), d_S = 4); "released": the same on the released
@@ -96,6 +101,79 @@ def unpatchify(tokens: torch.Tensor, patch_size: tuple[int, ...], size: tuple[in
     return x[(slice(None), slice(None), *[slice(0, s) for s in size])]
 
 
+def check_transformer_config(
+    structure_latent_shape, dynamics_latent_shape, dynamics_branch_sizes, structure_patch_size, dynamics_patch_size,
+    hidden_size, num_layers, num_attention_heads, mlp_ratio, num_classes, text_embed_dim, pooled_text_embed_dim,
+) -> tuple[tuple[int, ...], ...]:
+    """Validate the geometry and size keys of a `VidTwinTransformer3DModel` config, reporting every problem.
+
+    Returns (structure_latent_shape, dynamics_latent_shape, dynamics_branch_sizes, structure_patch_size,
+    dynamics_patch_size) as tuples, the branch sizes resolved (None: two equal halves).
+    """
+    problems = []
+    shapes_ok = check_sizes(problems, "structure_latent_shape", structure_latent_shape, 4, "(d_S, n_q, h_S, w_S)")
+    shapes_ok &= check_sizes(problems, "dynamics_latent_shape", dynamics_latent_shape, 3, "(d_D, t, w_D + h_D)")
+    branches = None
+    if shapes_ok:
+        _, n_q, h_s, w_s = structure_latent_shape
+        _, t, positions = dynamics_latent_shape
+        if dynamics_branch_sizes is None and positions % 2:
+            problems.append(
+                f"dynamics_latent_shape has {positions} positions, which do not split into two equal branches; "
+                "pass dynamics_branch_sizes=(w_D, h_D)"
+            )
+        elif dynamics_branch_sizes is None:
+            branches = (positions // 2, positions // 2)
+        elif check_sizes(problems, "dynamics_branch_sizes", dynamics_branch_sizes, 2, "(w_D, h_D)"):
+            branches = tuple(dynamics_branch_sizes)
+            if sum(branches) != positions:
+                problems.append(f"dynamics_branch_sizes must be (w_D, h_D) with w_D + h_D = {positions}, got {branches}")
+                branches = None
+        # A patch larger than its axis would be all padding (and a huge input projection).
+        check_sizes(problems, "structure_patch_size", structure_patch_size, 3, "over (n_q, h_S, w_S)", (n_q, h_s, w_s))
+        if branches is not None:
+            check_sizes(problems, "dynamics_patch_size", dynamics_patch_size, 2, "over (t, position)", (t, min(branches)))
+    if check_int(problems, "num_attention_heads", num_attention_heads, 1, 1024) and check_int(
+        problems, "hidden_size", hidden_size, 16, 65536
+    ):
+        if hidden_size % 16 or hidden_size % num_attention_heads:
+            problems.append(
+                f"hidden_size {hidden_size} must be divisible by 16 and by num_attention_heads {num_attention_heads}"
+            )
+    check_int(problems, "num_layers", num_layers, 1, 1024)
+    check_float(problems, "mlp_ratio", mlp_ratio, 0.0, 64.0)
+    check_int(problems, "num_classes", num_classes, 0, 10_000_000)
+    for name, value in (("text_embed_dim", text_embed_dim), ("pooled_text_embed_dim", pooled_text_embed_dim)):
+        if value is not None:
+            check_int(problems, name, value, 1, 65536)
+    raise_if_any(problems, "VidTwinTransformer3DModel")
+    return (
+        tuple(structure_latent_shape), tuple(dynamics_latent_shape), branches,
+        tuple(structure_patch_size), tuple(dynamics_patch_size),
+    )
+
+
+def resolve_latent_statistics(structure_channels: int, dynamics_channels: int, *values) -> dict[str, list[float]]:
+    """Per-channel latent mean/std lists from the config (None: 0 and 1), checked for length and sign."""
+    stats = {}
+    for (name, channels, default), value in zip(
+        (
+            ("structure_latent_mean", structure_channels, 0.0),
+            ("structure_latent_std", structure_channels, 1.0),
+            ("dynamics_latent_mean", dynamics_channels, 0.0),
+            ("dynamics_latent_std", dynamics_channels, 1.0),
+        ),
+        values,
+    ):
+        value = [default] * channels if value is None else [float(v) for v in value]
+        if len(value) != channels:
+            raise ValueError(f"{name} needs one number per channel ({channels}), got {len(value)}")
+        if not all(math.isfinite(v) for v in value) or (name.endswith("std") and min(value) <= 0):
+            raise ValueError(f"{name} must be {'positive and ' if name.endswith('std') else ''}finite, got {value}")
+        stats[name] = value
+    return stats
+
+
 @dataclass
 class VidTwinTransformerOutput(BaseOutput):
     """
@@ -108,6 +186,71 @@ class VidTwinTransformerOutput(BaseOutput):
     dynamics: torch.Tensor
 
 
+class VidTwinAttnProcessor:
+    """Attention through diffusers' backend dispatch (`set_attention_backend`), with fused-QKV support.
+
+    Inputs (B, N, D), optional context (B, L, D) and additive bias (B, 1, L); output (B, N, D).
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self,
+        attn: "VidTwinAttention",
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if attn.fused_projections and not attn.is_cross_attention:
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        elif attn.fused_projections:
+            query = attn.to_q(hidden_states)
+            key, value = attn.to_kv(encoder_hidden_states).chunk(2, dim=-1)
+        else:
+            context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))  # (B, L, heads, d)
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, None]  # (B, 1, 1, L): broadcast over heads and queries
+        out = dispatch_attention_fn(
+            query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
+            parallel_config=self._parallel_config if encoder_hidden_states is None else None,
+        )
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class VidTwinAttention(nn.Module, AttentionModuleMixin):
+    """Multi-head attention with diffusers' parameter names (`to_q`, `to_k`, `to_v`, `to_out.0`).
+
+    Self-attention when `cross_attention` is False; `fuse_projections()` fuses q/k/v (self-attention) or
+    k/v (cross-attention), as diffusers' own attention modules do.
+    """
+
+    _default_processor_cls = VidTwinAttnProcessor
+    _available_processors = [VidTwinAttnProcessor]
+
+    def __init__(self, dim: int, heads: int, cross_attention: bool = False, processor=None):
+        super().__init__()
+        self.heads = heads
+        self.is_cross_attention = cross_attention
+        self.use_bias = True
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.set_processor(processor or VidTwinAttnProcessor())
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask)
+
+
 class VidTwinTransformerBlock(nn.Module):
     """DiT block with adaLN-Zero, plus (for text conditioning) PixArt-style cross-attention.
 
@@ -117,12 +260,10 @@ class VidTwinTransformerBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, cross_attention: bool):
         super().__init__()
         self.norm1 = AdaLayerNormZero(dim)  # shift/scale/gate for attention and MLP from the conditioning
-        self.attn1 = Attention(query_dim=dim, heads=num_heads, dim_head=dim // num_heads, bias=True)
+        self.attn1 = VidTwinAttention(dim, num_heads)
         if cross_attention:
             self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-            self.attn2 = Attention(
-                query_dim=dim, cross_attention_dim=dim, heads=num_heads, dim_head=dim // num_heads, bias=True
-            )
+            self.attn2 = VidTwinAttention(dim, num_heads, cross_attention=True)
         else:
             self.norm2 = self.attn2 = None
         self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -148,7 +289,7 @@ class VidTwinTransformerBlock(nn.Module):
         return hidden_states + gate_mlp[:, None] * self.ff(x)
 
 
-class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
+class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
     r"""
     Latent diffusion transformer over VidTwin's structure and dynamics latents.
 
@@ -174,11 +315,21 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
         structure_latent_mean, structure_latent_std: per-channel statistics of z_S over the training latents
             (d_S numbers each; default 0 and 1), used by `normalize_latents`/`denormalize_latents`.
         dynamics_latent_mean, dynamics_latent_std: the same for z_D (d_D numbers each).
+
+    diffusers conventions: the attention layers are `AttentionModuleMixin` modules driven by
+    `VidTwinAttnProcessor`, so `attn_processors`, `set_attn_processor`, `set_attention_backend("native" | ...)`
+    and `fuse_qkv_projections` work as on diffusers' own transformers. `enable_layerwise_casting`,
+    `enable_group_offload`, gradient checkpointing and `torch.compile` (no graph breaks; the class-label range
+    check, which reads values, runs in eager mode only) are supported. For layerwise casting, cast the model
+    to the compute dtype first (`from_pretrained(..., dtype=torch.bfloat16)`), as diffusers documents it.
     """
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["VidTwinTransformerBlock"]
-    _skip_layerwise_casting_patterns = ["norm"]
+    _repeated_blocks = ["VidTwinTransformerBlock"]
+    # Kept in the compute dtype under `enable_layerwise_casting` (Latte's list): norms and their adaLN
+    # linears, the fixed positions, the output heads. `part_embed` is a raw parameter, never cast by it.
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm", "proj_out"]
 
     @register_to_config
     def __init__(
@@ -201,78 +352,52 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
         dynamics_latent_std: list[float] | None = None,
     ):
         super().__init__()
-        structure_latent_shape = tuple(structure_latent_shape)
-        dynamics_latent_shape = tuple(dynamics_latent_shape)
-        structure_patch_size = tuple(structure_patch_size)
-        dynamics_patch_size = tuple(dynamics_patch_size)
-        problems = []
-        for name, value, length, axes in (
-            ("structure_latent_shape", structure_latent_shape, 4, "(d_S, n_q, h_S, w_S)"),
-            ("dynamics_latent_shape", dynamics_latent_shape, 3, "(d_D, t, w_D + h_D)"),
-            ("structure_patch_size", structure_patch_size, 3, "over (n_q, h_S, w_S)"),
-            ("dynamics_patch_size", dynamics_patch_size, 2, "over (t, position)"),
-        ):
-            if len(value) != length or min(value) < 1:
-                problems.append(f"{name} must be {length} positive sizes {axes}, got {value}")
-        if hidden_size % 16 or hidden_size % num_attention_heads:
-            problems.append(
-                f"hidden_size {hidden_size} must be divisible by 16 and by num_attention_heads {num_attention_heads}"
-            )
-        if num_classes < 0:
-            problems.append(f"num_classes must be >= 0 (0: no class conditioning), got {num_classes}")
-        if problems:
-            raise ValueError("Invalid VidTwinTransformer3DModel config: " + "; ".join(problems))
+        geometry = check_transformer_config(
+            structure_latent_shape, dynamics_latent_shape, dynamics_branch_sizes, structure_patch_size,
+            dynamics_patch_size, hidden_size, num_layers, num_attention_heads, mlp_ratio, num_classes,
+            text_embed_dim, pooled_text_embed_dim,
+        )
+        self.structure_shape, self.dynamics_shape, self.dynamics_branch_sizes = geometry[:3]
+        self.structure_patch_size, self.dynamics_patch_size = geometry[3:]
+        # Resolved values go back into the config so that a saved model states them explicitly.
+        self.register_to_config(
+            dynamics_branch_sizes=self.dynamics_branch_sizes,
+            **resolve_latent_statistics(
+                self.structure_shape[0], self.dynamics_shape[0], structure_latent_mean, structure_latent_std,
+                dynamics_latent_mean, dynamics_latent_std,
+            ),
+        )
+        self._build_tokens(hidden_size)
+        self._build_conditioning(hidden_size, num_classes, text_embed_dim, pooled_text_embed_dim)
+        self.transformer_blocks = nn.ModuleList(
+            [
+                VidTwinTransformerBlock(hidden_size, num_attention_heads, mlp_ratio, text_embed_dim is not None)
+                for _ in range(num_layers)
+            ]
+        )
+        self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
+        self.structure_proj_out = nn.Linear(hidden_size, math.prod(self.structure_patch_size) * self.structure_shape[0])
+        self.dynamics_proj_out = nn.Linear(hidden_size, math.prod(self.dynamics_patch_size) * self.dynamics_shape[0])
+        self.gradient_checkpointing = False
+        self._init_weights()
 
-        positions = dynamics_latent_shape[2]
-        if dynamics_branch_sizes is None:
-            if positions % 2:
-                raise ValueError(
-                    f"dynamics_latent_shape has {positions} positions, which do not split into two equal branches; "
-                    "pass dynamics_branch_sizes=(w_D, h_D)"
-                )
-            dynamics_branch_sizes = (positions // 2, positions // 2)
-        dynamics_branch_sizes = tuple(dynamics_branch_sizes)
-        if len(dynamics_branch_sizes) != 2 or min(dynamics_branch_sizes) < 1 or sum(dynamics_branch_sizes) != positions:
-            raise ValueError(
-                f"dynamics_branch_sizes must be (w_D, h_D) with w_D + h_D = {positions}, got {dynamics_branch_sizes}"
-            )
-
-        # Resolved statistics go back into the config so that a saved model states them explicitly.
-        stats = {}
-        for name, value, channels, default in (
-            ("structure_latent_mean", structure_latent_mean, structure_latent_shape[0], 0.0),
-            ("structure_latent_std", structure_latent_std, structure_latent_shape[0], 1.0),
-            ("dynamics_latent_mean", dynamics_latent_mean, dynamics_latent_shape[0], 0.0),
-            ("dynamics_latent_std", dynamics_latent_std, dynamics_latent_shape[0], 1.0),
-        ):
-            value = [default] * channels if value is None else [float(v) for v in value]
-            if len(value) != channels:
-                raise ValueError(f"{name} needs one number per channel ({channels}), got {len(value)}")
-            if name.endswith("std") and min(value) <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-            stats[name] = value
-        self.register_to_config(dynamics_branch_sizes=dynamics_branch_sizes, **stats)
-
-        self.structure_shape = structure_latent_shape
-        self.dynamics_shape = dynamics_latent_shape
-        self.dynamics_branch_sizes = dynamics_branch_sizes
-        self.structure_patch_size = structure_patch_size
-        self.dynamics_patch_size = dynamics_patch_size
-        d_s, n_q, h_s, w_s = structure_latent_shape
-        d_d, t, _ = dynamics_latent_shape
-        w_d, h_d = dynamics_branch_sizes
-
+    def _build_tokens(self, hidden_size: int) -> None:
+        """Input projections, fixed 3-D positions and part embeddings of the three token sets."""
+        d_s, n_q, h_s, w_s = self.structure_shape
+        d_d, t, _ = self.dynamics_shape
+        w_d, h_d = self.dynamics_branch_sizes
+        p_s, p_d = self.structure_patch_size, self.dynamics_patch_size
         # Token grids after patchify, as (time-like, rows, columns).
-        structure_grid = tuple(math.ceil(s / p) for s, p in zip((n_q, h_s, w_s), structure_patch_size))
-        t_grid = math.ceil(t / dynamics_patch_size[0])
-        width_grid = (t_grid, 1, math.ceil(w_d / dynamics_patch_size[1]))
-        height_grid = (t_grid, math.ceil(h_d / dynamics_patch_size[1]), 1)
-        grids = (structure_grid, width_grid, height_grid)
+        t_grid = math.ceil(t / p_d[0])
+        grids = (
+            tuple(math.ceil(s / p) for s, p in zip((n_q, h_s, w_s), p_s)),
+            (t_grid, 1, math.ceil(w_d / p_d[1])),
+            (t_grid, math.ceil(h_d / p_d[1]), 1),
+        )
         self.token_counts = tuple(math.prod(g) for g in grids)  # (N_S, N_W, N_H)
-
-        # Input projections (a linear layer on flattened patches, as DiT's conv patch embedding).
-        self.structure_embed = nn.Linear(math.prod(structure_patch_size) * d_s, hidden_size)
-        self.dynamics_embed = nn.Linear(math.prod(dynamics_patch_size) * d_d, hidden_size)
+        # A linear layer on flattened patches, as DiT's conv patch embedding.
+        self.structure_embed = nn.Linear(math.prod(p_s) * d_s, hidden_size)
+        self.dynamics_embed = nn.Linear(math.prod(p_d) * d_d, hidden_size)
         pos_embed = torch.cat(
             [get_3d_sincos_pos_embed(hidden_size, (g[2], g[1]), g[0]).reshape(-1, hidden_size) for g in grids]
         )
@@ -281,7 +406,8 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
         part_ids = torch.cat([torch.full((n,), part) for part, n in enumerate(self.token_counts)])
         self.register_buffer("part_ids", part_ids, persistent=False)  # (N,)
 
-        # Conditioning: everything is summed into one (B, D) vector that drives every adaLN.
+    def _build_conditioning(self, hidden_size, num_classes, text_embed_dim, pooled_text_embed_dim) -> None:
+        """Everything is summed into one (B, D) vector that drives every adaLN; text also feeds cross-attention."""
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)  # DiT's frequency embedding
         self.time_embed = TimestepEmbedding(256, hidden_size)
         self.class_embed = nn.Embedding(num_classes + 1, hidden_size) if num_classes > 0 else None
@@ -292,19 +418,6 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
             )
         else:
             self.caption_projection = self.pooled_text_proj = None
-
-        self.transformer_blocks = nn.ModuleList(
-            [
-                VidTwinTransformerBlock(hidden_size, num_attention_heads, mlp_ratio, text_embed_dim is not None)
-                for _ in range(num_layers)
-            ]
-        )
-        self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
-        self.structure_proj_out = nn.Linear(hidden_size, math.prod(structure_patch_size) * d_s)
-        self.dynamics_proj_out = nn.Linear(hidden_size, math.prod(dynamics_patch_size) * d_d)
-
-        self.gradient_checkpointing = False
-        self._init_weights()
 
     def _init_weights(self):
         # DiT's scheme: Xavier linears, N(0, 0.02) embeddings, adaLN modulation and output heads at zero,
@@ -339,6 +452,42 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
         if name not in VIDTWIN_TRANSFORMER_PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(VIDTWIN_TRANSFORMER_PRESETS)}")
         return cls(**{**VIDTWIN_TRANSFORMER_PRESETS[name], **overrides})
+
+    def set_default_attn_processor(self) -> None:
+        """Back to the default processor (`VidTwinAttnProcessor`, backend chosen by `set_attention_backend`)."""
+        self.set_attn_processor(VidTwinAttnProcessor())
+
+    def model_card_facts(self) -> dict:
+        """What `save_pretrained`'s README.md states about this model (see `vidtwin_gen.models.hub`)."""
+        config = self.config
+        if config.text_embed_dim is not None:
+            conditioning = f"text (cross-attention to {config.text_embed_dim}-wide encoder states)"
+        elif config.num_classes:
+            conditioning = f"{config.num_classes} classes (+ null class {config.num_classes} for guidance)"
+        else:
+            conditioning = "none (unconditional)"
+        return {
+            "title": "VidTwin latent DiT",
+            "summary": "A diffusion transformer over VidTwin's structure and dynamics latents "
+            "(`vidtwin_gen.VidTwinTransformer3DModel`); pair it with the `AutoencoderVidTwin` whose latents it "
+            "was trained on.",
+            "tags": ["video", "vidtwin", "diffusion-transformer", "text-to-video" if config.text_embed_dim else "video-generation"],
+            # The Hub has no task for class-conditional or unconditional video generation.
+            "pipeline_tag": "text-to-video" if config.text_embed_dim is not None else None,
+            "rows": [
+                ("structure latent z_S", f"{self.structure_shape} (d_S, n_q, h_S, w_S)"),
+                ("dynamics latent z_D", f"{self.dynamics_shape} (d_D, t, w_D + h_D)"),
+                ("latent numbers per clip", f"{math.prod(self.structure_shape) + math.prod(self.dynamics_shape):,}"),
+                ("tokens per clip", f"{self.num_tokens:,} (patch {self.structure_patch_size} / {self.dynamics_patch_size})"),
+                ("width x layers x heads", f"{config.hidden_size} x {config.num_layers} x {config.num_attention_heads}"),
+                ("conditioning", conditioning),
+            ],
+            "usage": """
+from vidtwin_gen import VidTwinTransformer3DModel
+transformer = VidTwinTransformer3DModel.from_pretrained("path/to/this/folder")
+# usually loaded as part of a pipeline: vidtwin_gen.VidTwinPipeline.from_pretrained(pipeline_folder)
+""",
+        }
 
     # ------------------------------------------------------------------ tokens
 
@@ -483,49 +632,30 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
             "pooled_text_embeds": pooled_text_embeds,
         }
 
-    def _conditioning(
+    def _check_conditions(
         self,
-        timestep: torch.Tensor | float,
         batch_size: int,
+        timestep: torch.Tensor,
         class_labels: torch.Tensor | None,
         encoder_hidden_states: torch.Tensor | None,
         encoder_attention_mask: torch.Tensor | None,
         pooled_text_embeds: torch.Tensor | None,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """-> adaLN conditioning (B, D), projected text states (B, L, D), cross-attention bias (B, 1, L)."""
-        timestep = torch.as_tensor(timestep, device=device)
-        if timestep.ndim == 0 or timestep.shape == (1,):
-            timestep = timestep.reshape(1).expand(batch_size)
-        if timestep.shape != (batch_size,):
+    ) -> None:
+        """Raise a ValueError naming the conditioning input that does not fit this model's config.
+
+        Shapes and dtypes only (free under torch.compile); the class-label range needs the values and is
+        checked in eager mode only.
+        """
+        if timestep.shape not in ((), (1,), (batch_size,)):
             raise ValueError(f"timestep must be a scalar or of shape ({batch_size},), got {tuple(timestep.shape)}")
-        conditioning = self.time_embed(self.time_proj(timestep).to(dtype))  # (B, D)
-
-        if self.class_embed is not None:
-            if class_labels is None:
-                raise ValueError(
-                    f"this model is class-conditional (num_classes={self.config.num_classes}): pass class_labels "
-                    f"(B,), using {self.null_class_label} (null_class_label) for unconditional samples"
-                )
-            class_labels = torch.as_tensor(class_labels, device=device)
-            if class_labels.shape != (batch_size,) or class_labels.is_floating_point():
-                raise ValueError(
-                    f"class_labels must be integers of shape ({batch_size},), got {tuple(class_labels.shape)}"
-                )
-            if class_labels.min() < 0 or class_labels.max() > self.null_class_label:
-                raise ValueError(
-                    f"class_labels must be in [0, {self.config.num_classes - 1}] or {self.null_class_label} (null)"
-                )
-            conditioning = conditioning + self.class_embed(class_labels)
-        elif class_labels is not None:
+        if self.class_embed is None and class_labels is not None:
             raise ValueError("this model has no class conditioning (num_classes=0); do not pass class_labels")
-
+        if self.class_embed is not None:
+            self._check_class_labels(batch_size, class_labels)
         if self.caption_projection is None:
             if encoder_hidden_states is not None or pooled_text_embeds is not None:
                 raise ValueError("this model has no text conditioning (text_embed_dim=None); do not pass text inputs")
-            return conditioning, None, None
-
+            return
         text_dim = self.config.text_embed_dim
         if encoder_hidden_states is None:
             raise ValueError(
@@ -543,32 +673,74 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
                 f"got {tuple(encoder_attention_mask.shape)}"
             )
         pooled_dim = self.config.pooled_text_embed_dim or text_dim
-        if pooled_text_embeds is None:
-            # Masked mean of the token states: the sentence embedding of mean-pooling encoders (MiniLM).
-            if pooled_dim != text_dim:
-                raise ValueError(
-                    f"pass pooled_text_embeds (B, {pooled_dim}); it cannot be derived from the {text_dim}-wide "
-                    "encoder_hidden_states"
-                )
-            weights = (
-                torch.ones(batch_size, length, 1, device=device)
-                if encoder_attention_mask is None
-                else encoder_attention_mask.to(device=device, dtype=torch.float32)[..., None]
+        if pooled_text_embeds is None and pooled_dim != text_dim:
+            raise ValueError(
+                f"pass pooled_text_embeds (B, {pooled_dim}); it cannot be derived from the {text_dim}-wide "
+                "encoder_hidden_states"
             )
-            pooled_text_embeds = (encoder_hidden_states.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
-        if pooled_text_embeds.shape != (batch_size, pooled_dim):
+        if pooled_text_embeds is not None and pooled_text_embeds.shape != (batch_size, pooled_dim):
             raise ValueError(
                 f"pooled_text_embeds must be ({batch_size}, {pooled_dim}), got {tuple(pooled_text_embeds.shape)}"
             )
+
+    def _check_class_labels(self, batch_size: int, class_labels: torch.Tensor | None) -> None:
+        if class_labels is None:
+            raise ValueError(
+                f"this model is class-conditional (num_classes={self.config.num_classes}): pass class_labels "
+                f"(B,), using {self.null_class_label} (null_class_label) for unconditional samples"
+            )
+        if (
+            class_labels.shape != (batch_size,)
+            or class_labels.is_floating_point()
+            or class_labels.is_complex()
+            or class_labels.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"class_labels must be integers of shape ({batch_size},), got {class_labels.dtype} "
+                f"{tuple(class_labels.shape)}"
+            )
+        # One host sync, skipped while compiling (a data-dependent branch would break the graph).
+        if not torch.compiler.is_compiling() and ((class_labels < 0) | (class_labels > self.null_class_label)).any():
+            raise ValueError(
+                f"class_labels must be in [0, {self.config.num_classes - 1}] or {self.null_class_label} (null)"
+            )
+
+    def _conditioning(
+        self,
+        timestep: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor | None,
+        encoder_attention_mask: torch.Tensor | None,
+        pooled_text_embeds: torch.Tensor | None,
+        batch_size: int,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """-> adaLN conditioning (B, D), projected text states (B, L, D), cross-attention bias (B, 1, L).
+
+        Inputs are checked by `_check_conditions` first.
+        """
+        timestep = timestep.reshape(-1).expand(batch_size)
+        conditioning = self.time_embed(self.time_proj(timestep).to(dtype))  # (B, D)
+        if self.class_embed is not None:
+            conditioning = conditioning + self.class_embed(class_labels)
+        if self.caption_projection is None:
+            return conditioning, None, None
+
+        if pooled_text_embeds is None:
+            # Masked mean of the token states: the sentence embedding of mean-pooling encoders (MiniLM).
+            weights = (
+                torch.ones_like(encoder_hidden_states[..., :1], dtype=torch.float32)
+                if encoder_attention_mask is None
+                else encoder_attention_mask.to(torch.float32)[..., None]
+            )  # (B, L, 1)
+            pooled_text_embeds = (encoder_hidden_states.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
         conditioning = conditioning + self.pooled_text_proj(pooled_text_embeds.to(dtype))
         context = self.caption_projection(encoder_hidden_states.to(dtype))  # (B, L, D)
-
         bias = None
         if encoder_attention_mask is not None:
             # An additive bias rather than a boolean mask: a fully padded row then attends uniformly
             # instead of producing NaN.
-            bias = (1 - encoder_attention_mask.to(dtype)) * -10000.0
-            bias = bias[:, None, :]  # (B, 1, L)
+            bias = ((1 - encoder_attention_mask.to(dtype)) * -10000.0)[:, None, :]  # (B, 1, L)
         return conditioning, context, bias
 
     # ------------------------------------------------------------------ forward
@@ -615,11 +787,18 @@ class VidTwinTransformer3DModel(ModelMixin, ConfigMixin):
             `VidTwinTransformerOutput` with `structure` and `dynamics` predictions of the input shapes.
         """
         self._check_latents(structure, dynamics)
-        dtype = self.structure_embed.weight.dtype
         batch_size, device = structure.shape[0], structure.device
+        timestep = torch.as_tensor(timestep, device=device)
+        if class_labels is not None:
+            class_labels = torch.as_tensor(class_labels, device=device)
+        self._check_conditions(
+            batch_size, timestep, class_labels, encoder_hidden_states, encoder_attention_mask, pooled_text_embeds
+        )
+        # The compute dtype, read from a raw parameter: under `enable_layerwise_casting` the Linear weights
+        # are stored in the (fp8) storage dtype, while raw parameters stay in the dtype the model was cast to.
+        dtype = self.part_embed.dtype
         conditioning, context, context_bias = self._conditioning(
-            timestep, batch_size, class_labels, encoder_hidden_states, encoder_attention_mask,
-            pooled_text_embeds, dtype, device,
+            timestep, class_labels, encoder_hidden_states, encoder_attention_mask, pooled_text_embeds, batch_size, dtype
         )
 
         structure_tokens, width_tokens, height_tokens = self.patchify_latents(structure.to(dtype), dynamics.to(dtype))

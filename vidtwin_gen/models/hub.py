@@ -9,6 +9,7 @@
 """
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -79,20 +80,37 @@ class VidTwinModelMixin(ModelMixin):
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
-        *args,
+        is_main_process: bool = True,
+        save_function: Callable | None = None,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str = "10GB",
+        push_to_hub: bool = False,
         trained_on: str | None = None,
         model_card_notes: str | None = None,
         **kwargs,
     ) -> None:
-        """diffusers' `save_pretrained` (same arguments: `variant`, `max_shard_size`, ...), then README.md.
+        """diffusers' `save_pretrained` (same arguments), then README.md.
+
+        The arguments are spelled out rather than passed through `*args`, because `DiffusionPipeline.save_pretrained`
+        inspects a component's signature to decide whether to hand it `variant`, `max_shard_size` and
+        `safe_serialization`.
 
         Args:
             trained_on: the data the weights were trained on, stated in the model card.
             model_card_notes: a Markdown paragraph appended to the model card (e.g. conversion provenance).
         """
         # With push_to_hub=True diffusers uploads its own generic card; this one is written locally afterwards.
-        super().save_pretrained(save_directory, *args, **kwargs)
-        is_main_process = args[0] if args else kwargs.get("is_main_process", True)
+        super().save_pretrained(
+            save_directory,
+            is_main_process=is_main_process,
+            save_function=save_function,
+            safe_serialization=safe_serialization,
+            variant=variant,
+            max_shard_size=max_shard_size,
+            push_to_hub=push_to_hub,
+            **kwargs,
+        )
         if is_main_process:
             (Path(save_directory) / "README.md").write_text(render_model_card(self, trained_on, model_card_notes))
 

@@ -166,3 +166,11 @@ def test_validation_images_reach_tensorboard(embedded_root, tmp_path):
         accumulator.Reload()
         tags |= set(accumulator.Tags()["images"])
     assert tags == {"val/clip0 original|reconstruction|structure|dynamics"}
+
+
+def test_crop_and_resize_options_and_mixed_precision_no(embedded_root, tmp_path):
+    # `--mixed_precision no` once reached Accelerate as False ("Unknown mixed_precision mode: False").
+    assert main(arguments(embedded_root, tmp_path / "run", max_train_steps=1, crop="center", resize="area",
+                          use_ema=False, mixed_precision="no")) == 0
+    with pytest.raises(ValueError, match="crop must be one of .*'middle'"):
+        main(arguments(embedded_root, tmp_path / "bad", crop="middle"))

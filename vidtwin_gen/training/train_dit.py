@@ -7,8 +7,10 @@
 Objectives: rectified flow with logit-normal timesteps (default, `objective: flow`, sampled with
 FlowMatchEulerDiscreteScheduler) or the paper's recipe (`objective: x0`: x0-prediction on a 1000-step DDPM
 schedule, DDIM sampling). Conditions are dropped at `condition_dropout_prob` for classifier-free guidance.
-Checkpoints are `output_dir/checkpoint-STEP`; the exported pipeline (EMA weights) lands in
-`output_dir/pipeline` and loads with `VidTwinPipeline.from_pretrained` or `DiffusionPipeline.from_pretrained`.
+Checkpoints are `output_dir/checkpoint-STEP` (accelerator.save_state, plus the EMA in
+training_state.safetensors); the exported pipeline (EMA weights) lands in `output_dir/pipeline` and loads
+with `VidTwinPipeline.from_pretrained` or `DiffusionPipeline.from_pretrained`. The loop's bookkeeping
+(epochs, logging, checkpoints, validation) is in `run.py`.
 """
 
 import importlib.util

@@ -4,9 +4,11 @@
     vidtwin-gen train-vae --config train_configs/vae/quickstart.yaml --max_train_steps 200   # one process
 
 Objective (VIDTWIN.md section 5): L1 (+ LPIPS when local weights are given) with a learned scalar
-log-variance, KL 1e-3, and a PatchGAN with hinge loss and an adaptive weight from `disc_start` on. Checkpoints
-are `output_dir/checkpoint-STEP` (accelerator.save_state, written atomically, rotated); the final model lands
-in `output_dir/vae` (EMA weights when `use_ema`).
+log-variance, KL 1e-3, and a PatchGAN with hinge loss and an adaptive weight from `disc_start` on. The
+optimisation defaults are the original's: Adam with coupled weight decay, no gradient clipping.
+Checkpoints are `output_dir/checkpoint-STEP` (accelerator.save_state, plus the log-variance and EMA in
+training_state.safetensors; written atomically, rotated); the final model lands in `output_dir/vae` (EMA
+weights when `use_ema`). The loop's bookkeeping (epochs, logging, checkpoints, validation) is in `run.py`.
 """
 
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from accelerate.logging import get_logger
 
 from ..data.export import decoded_to_frames, export_videos, frame_strip
 from ..data.ucf101 import UCF101Clips, collate_clips
+from ..data.video_io import CROPS, RESIZES
 from ..evaluation.metrics import psnr, ssim, to_unit_range
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from .config import parse_config
@@ -90,6 +93,9 @@ def build_loss(config: TrainVAEConfig) -> VidTwinLoss:
 
 def build_datasets(config: TrainVAEConfig, vae: AutoencoderVidTwin) -> tuple[UCF101Clips, UCF101Clips]:
     """Random training clips of the split's train list, centred held-out clips of its test list."""
+    for key, value, allowed in (("crop", config.crop, CROPS), ("resize", config.resize, RESIZES)):
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
     _, frames, height, width = vae.sample_shape
     clip_args = dict(num_frames=frames, size=(height, width), target_fps=config.target_fps, resize=config.resize)
     return (UCF101Clips(config.data_root, config.split, "train", **clip_args, train=True, seed=config.seed,

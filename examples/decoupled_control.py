@@ -10,7 +10,7 @@ import torch
 
 from vidtwin_gen import VidTwinPipeline
 from vidtwin_gen.data.video_io import load_clip
-from vidtwin_gen.generate import export_videos
+from vidtwin_gen.data.export import export_videos
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--pipeline", default="runs/demo/pipeline")

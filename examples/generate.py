@@ -8,7 +8,7 @@ import argparse
 import torch
 from diffusers import DiffusionPipeline
 
-from vidtwin_gen.generate import export_videos
+from vidtwin_gen.data.export import export_videos
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--pipeline", default="runs/demo/pipeline")

@@ -10,7 +10,7 @@ import torch
 from vidtwin_gen import AutoencoderVidTwin
 from vidtwin_gen.data.video_io import load_clip
 from vidtwin_gen.evaluation.metrics import psnr, to_unit_range
-from vidtwin_gen.generate import export_videos, to_frames
+from vidtwin_gen.data.export import decoded_to_frames, export_videos
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--vae", default="runs/demo/vae")
@@ -36,5 +36,5 @@ with torch.no_grad():
     }
 print(f"PSNR {psnr(to_unit_range(outputs['reconstruction']), to_unit_range(clips)).mean():.2f} dB")
 for name, video in outputs.items():
-    for path in export_videos(to_frames(video), args.output_dir, [f"A_{name}", f"B_{name}"], args.fps):
+    for path in export_videos(decoded_to_frames(video), args.output_dir, [f"A_{name}", f"B_{name}"], args.fps):
         print(path)

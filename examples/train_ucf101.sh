@@ -5,7 +5,7 @@
 #   DATA=/data/UCF101 bash examples/train_ucf101.sh
 #
 # Every setting can be overridden from the environment (the test runs it on the embedded set, on CPU, with
-# the tiny configs and EXTRA="--max_train_steps 2").
+# the quickstart configs and EXTRA="--max_train_steps 2").
 set -euo pipefail
 DATA=${DATA:-/data/UCF101}
 RUN=${RUN:-runs/ucf101}

@@ -11,7 +11,7 @@ from vidtwin_gen.evaluation import reconstruction
 from vidtwin_gen.evaluation.metrics import psnr, ssim, to_unit_range
 from vidtwin_gen.evaluation.reconstruction import main
 from vidtwin_gen.models import AutoencoderVidTwin
-from vidtwin_gen.training.lpips import FEATURE_CHANNELS, LPIPS
+from vidtwin_gen.evaluation.lpips import FEATURE_CHANNELS, LPIPS
 
 
 @pytest.fixture(scope="module")

@@ -92,8 +92,8 @@ def test_train_ucf101_script_on_the_embedded_set(embedded_root, tmp_path):
         "RUN": str(tmp_path / "run"),
         "LAUNCH": f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 "
                   "--mixed_precision no --dynamo_backend no",
-        "VAE_CONFIG": str(REPO / "train_configs" / "vae" / "tiny.yaml"),
-        "DIT_CONFIG": str(REPO / "train_configs" / "dit" / "tiny_class.yaml"),
+        "VAE_CONFIG": str(REPO / "train_configs" / "vae" / "quickstart.yaml"),
+        "DIT_CONFIG": str(REPO / "train_configs" / "dit" / "quickstart_class.yaml"),
         "EXTRA": "--max_train_steps 2 --train_batch_size 2 --dataloader_num_workers 0 --report_to none",
         "FVD_ARGS": "--num-samples 3 --num-inference-steps 2 --no-cache",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -238,3 +238,22 @@ def test_eval_fvd_cli_pipeline(tmp_path, capsys, embedded_root):
     assert np.isfinite(report["fvd"]) and report["fvd"] > 0
     assert (report["num_real"], report["num_generated"], report["protocol_satisfied"]) == (3, 3, True)
     assert report["generated"]["pipeline"].endswith("pipe") and report["resolution"] == 32  # the pipeline's size
+
+
+def test_eval_fvd_checks_the_output_folder_before_loading_anything(tmp_path):
+    from vidtwin_gen.data.output_paths import OutputPathError
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(OutputPathError, match="--output folder .*file"):
+        main(["--real-dir", str(tmp_path / "missing"), "--generated-dir", str(tmp_path / "missing"),
+                  "--i3d-weights", str(tmp_path / "missing.pkl"), "--output", str(not_a_folder / "fvd.json")])
+
+
+def test_importing_fvd_does_not_import_the_pipeline():
+    import subprocess
+    import sys
+
+    code = "import sys, vidtwin_gen.evaluation.fvd; print('vidtwin_gen.pipelines' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

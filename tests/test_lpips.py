@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vidtwin_gen.training.lpips import LPIPS
+from vidtwin_gen.evaluation.lpips import LPIPS
 from vidtwin_gen.training.vae_loss import VidTwinLoss
 
 # torchvision's vgg16().features, written out independently of the module: (index, in, out) per conv,

@@ -88,7 +88,7 @@ def test_lpips_video_is_framewise_mean():
 
 
 def test_lpips_video_with_in_house_lpips():
-    from vidtwin_gen.training.lpips import LPIPS
+    from vidtwin_gen.evaluation.lpips import LPIPS
 
     torch.manual_seed(0)
     lpips = LPIPS().eval()

@@ -101,3 +101,17 @@ def test_killed_run_resumes_to_the_same_weights(vae_and_cache, tmp_path):
     resumed = VidTwinTransformer3DModel.from_pretrained(out / "pipeline" / "transformer").state_dict()
     for key in reference:
         assert torch.equal(reference[key], resumed[key]), key
+
+
+def test_samples_reach_tensorboard_and_the_gradient_norm_is_logged(vae_and_cache, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    vae, cache = vae_and_cache
+    out = tmp_path / "run"
+    assert main(arguments(vae, out, latent_cache=cache, max_train_steps=2, validation_steps=2, logging_steps=1,
+                          report_to="tensorboard", max_grad_norm="null")) == 0
+    accumulator = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents.*"))))
+    accumulator.Reload()
+    assert accumulator.Tags()["images"] == ["samples RedSquareDrift | RedSquareSpin | BlueCircleBounce"]
+    grad_norms = [event.value for event in accumulator.Scalars("grad_norm")]
+    assert len(grad_norms) == 2 and all(value > 0 for value in grad_norms)

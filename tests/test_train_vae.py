@@ -101,3 +101,76 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(embedded_root, tmp_
     assert checkpoints[0] == "checkpoint-1" and not (out / "vae").exists()
     saved = torch.load(out / "checkpoint-1" / "optimizer.bin", weights_only=True)
     assert saved["state"]  # a complete, loadable checkpoint
+
+
+class _RunsCode:
+    """Unpickling this touches a file: a stand-in for a hostile pickle in a checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_keeps_its_own_state_without_pickle_and_refuses_a_planted_one(embedded_root, tmp_path):
+    out = tmp_path / "run"
+    assert main(arguments(embedded_root, out, max_train_steps=2, checkpointing_steps=2)) == 0
+    checkpoint = out / "checkpoint-2"
+    assert not list(checkpoint.glob("custom_checkpoint_*"))
+    assert (checkpoint / "training_state.safetensors").is_file() and (checkpoint / "training_state.json").is_file()
+
+    marker = tmp_path / "code-ran"
+    for planted in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
+        tampered = tmp_path / f"tampered-{planted}"
+        shutil.copytree(out, tampered)
+        torch.save(_RunsCode(marker), tampered / "checkpoint-2" / planted)
+        with pytest.raises(ValueError, match=planted.replace(".", r"\.")):
+            main(arguments(embedded_root, tampered, max_train_steps=4, checkpointing_steps=2,
+                           resume_from_checkpoint="latest"))
+        assert not marker.exists(), f"resuming ran code from {planted}"
+
+
+def test_an_unwritable_output_dir_fails_before_training(embedded_root, tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(ValueError, match="output_dir .*file.* not a folder"):
+        main(arguments(embedded_root, not_a_folder))
+
+
+@pytest.mark.parametrize("max_grad_norm", ["null", "0.5"])
+def test_gradient_norm_is_logged_with_and_without_clipping(embedded_root, tmp_path, monkeypatch, max_grad_norm):
+    from accelerate import Accelerator
+
+    logged = []
+    monkeypatch.setattr(Accelerator, "log", lambda self, values, step=None, log_kwargs=None: logged.append(values))
+    assert main(arguments(embedded_root, tmp_path / "run", max_train_steps=2, logging_steps=1, disc_start=1,
+                          max_grad_norm=max_grad_norm, use_ema=False)) == 0
+    steps = [values for values in logged if "loss" in values]
+    assert len(steps) == 2
+    for values in steps:
+        assert values["grad_norm"] > 0 and torch.isfinite(torch.tensor(values["grad_norm"]))
+    assert steps[1]["disc_grad_norm"] > 0  # the PatchGAN is on from step 1
+
+
+def test_validation_images_reach_tensorboard(embedded_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(arguments(embedded_root, out, max_train_steps=1, report_to="tensorboard", use_ema=False)) == 0
+    events = sorted((out / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    tags = set()
+    for path in events:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["images"])
+    assert tags == {"val/clip0 original|reconstruction|structure|dynamics"}
+
+
+def test_crop_and_resize_options_and_mixed_precision_no(embedded_root, tmp_path):
+    # `--mixed_precision no` once reached Accelerate as False ("Unknown mixed_precision mode: False").
+    assert main(arguments(embedded_root, tmp_path / "run", max_train_steps=1, crop="center", resize="area",
+                          use_ema=False, mixed_precision="no")) == 0
+    with pytest.raises(ValueError, match="crop must be one of .*'middle'"):
+        main(arguments(embedded_root, tmp_path / "bad", crop="middle"))

@@ -130,3 +130,106 @@ def test_resume_plans_the_epochs_and_sets_abandoned_checkpoints_aside(tmp_path):
     config.max_train_steps = 3  # a finished run goes straight to its export
     config.resume_from_checkpoint = "latest"
     assert resume(accelerator, config, batches_per_epoch=10) == (3, range(0), 0)
+
+
+# ------------------------------------------------------------------------------- issue 20: the original's recipe
+
+
+@dataclass
+class Recipe:
+    mixed_precision: str | None = None
+    max_grad_norm: float | None = 1.0
+    use_ema: bool = False
+    optimizer: str = "adamw"
+
+
+def test_words_yaml_1_1_reads_as_booleans_stay_strings_for_string_keys(tmp_path):
+    assert parse_config(Recipe, ["--mixed_precision", "no"]).mixed_precision == "no"
+    assert parse_config(Recipe, ["--mixed_precision=no"]).mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\nuse_ema: yes\n")
+    config = parse_config(Recipe, ["--config", str(path)])
+    assert config.mixed_precision == "no" and config.use_ema is True  # a boolean key still reads yes/no
+
+
+def test_boolean_keys_read_yes_no_and_true_false():
+    assert parse_config(Recipe, ["--use_ema", "no"]).use_ema is False
+    assert parse_config(Recipe, ["--use_ema", "true"]).use_ema is True
+    with pytest.raises(ValueError, match="use_ema"):
+        parse_config(Recipe, ["--use_ema", "maybe"])
+
+
+def test_max_grad_norm_null_turns_clipping_off():
+    assert parse_config(Recipe, ["--max_grad_norm", "null"]).max_grad_norm is None
+    assert parse_config(Recipe, ["--max_grad_norm", "0.5"]).max_grad_norm == 0.5
+
+
+def _run_config(**overrides):
+    from vidtwin_gen.training.run import RunConfig
+
+    values = dict(learning_rate=1.0, adam_beta1=0.9, adam_beta2=0.99, adam_weight_decay=0.1, adam_epsilon=1e-8,
+                  lr_scheduler="constant", lr_warmup_steps=0, max_train_steps=10)
+    config = RunConfig(**{k: v for k, v in overrides.items() if k in RunConfig.__dataclass_fields__})
+    for key, value in {**values, **overrides}.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_optimizer_choice_and_coupled_weight_decay():
+    import torch
+
+    from vidtwin_gen.training.run import make_optimizer
+
+    def one_step(name):
+        weight = torch.nn.Parameter(torch.tensor([2.0]))
+        optimizer = make_optimizer([weight], _run_config(optimizer=name, learning_rate=0.1))
+        weight.grad = torch.tensor([0.0])  # only the weight decay moves the weight
+        optimizer.step()
+        return type(optimizer), optimizer.param_groups[0]["betas"], weight.item()
+
+    adam_class, betas, adam_weight = one_step("adam")
+    adamw_class, _, adamw_weight = one_step("adamw")
+    assert adam_class is torch.optim.Adam and adamw_class is torch.optim.AdamW and betas == (0.9, 0.99)
+    # Adam: the decay enters the gradient (0.2), which Adam normalises to a full step of lr: 2 - 0.1.
+    assert adam_weight == pytest.approx(1.9, abs=1e-6)
+    # AdamW: the weight shrinks by lr * decay (2 * (1 - 0.01)); the zero gradient moves nothing.
+    assert adamw_weight == pytest.approx(1.98, abs=1e-6)
+    with pytest.raises(ValueError, match="optimizer must be one of .*'sgd'"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(1))], _run_config(optimizer="sgd"))
+
+
+def _learning_rates(config, steps: int, num_processes: int = 1) -> list[float]:
+    import torch
+
+    from vidtwin_gen.training.run import make_lr_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
+    scheduler = make_lr_scheduler(optimizer, config, num_processes)
+    rates = []
+    for _ in range(steps):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_the_original_schedules():
+    rates = _learning_rates(_run_config(lr_scheduler="inverse_sqrt", lr_warmup_steps=4), 9)
+    assert rates == pytest.approx([0, 0.25, 0.5, 0.75, 1, (4 / 5) ** 0.5, (4 / 6) ** 0.5, (4 / 7) ** 0.5, (4 / 8) ** 0.5])
+    cosine = _run_config(lr_scheduler="warmup_cosine", lr_warmup_steps=2, max_train_steps=6,
+                         lr_warmup_start_factor=0.2, lr_min_factor=0.1)
+    assert _learning_rates(cosine, 8) == pytest.approx([0.2, 0.6, 1.0, 0.1 + 0.45 * (1 + 2 ** -0.5), 0.55,
+                                                        0.1 + 0.45 * (1 - 2 ** -0.5), 0.1, 0.1])
+    with pytest.raises(ValueError, match="inverse_sqrt needs lr_warmup_steps >= 1"):
+        _learning_rates(_run_config(lr_scheduler="inverse_sqrt", lr_warmup_steps=0), 1)
+
+
+def test_diffusers_warmup_starts_at_zero_as_documented():
+    assert _learning_rates(_run_config(lr_scheduler="constant_with_warmup", lr_warmup_steps=2), 4) == [0, 0.5, 1, 1]
+
+
+def test_schedules_count_one_step_per_process_per_update():
+    one = _learning_rates(_run_config(lr_scheduler="inverse_sqrt", lr_warmup_steps=4), 9)
+    # A prepared scheduler steps once per process: with 2 processes every other value is one update.
+    two = _learning_rates(_run_config(lr_scheduler="inverse_sqrt", lr_warmup_steps=4), 18, num_processes=2)
+    assert two[::2] == pytest.approx(one)

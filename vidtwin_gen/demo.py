@@ -4,15 +4,15 @@
 
 Stages (each skipped when its output already exists, so a rerun resumes where the last one stopped):
 
-    data      the embedded data set in UCF-101 layout                       OUT/data
-    vae       train the tiny autoencoder (train_configs/vae/tiny.yaml)      OUT/vae       (run: OUT/runs/vae)
-    latents   encode the training split once                                OUT/latents
-    dit       train the tiny class-conditional DiT (dit/tiny_class.yaml)    OUT/pipeline  (run: OUT/runs/dit)
-    samples   a video per class (mp4 + gif) and a contact sheet             OUT/samples, OUT/samples.png
+    data      the embedded data set in UCF-101 layout                         OUT/data
+    vae       train a small autoencoder (train_configs/vae/quickstart.yaml)   OUT/vae       (run: OUT/runs/vae)
+    latents   encode the training split once                                  OUT/latents
+    dit       train a small class-conditional DiT (dit/quickstart_class.yaml) OUT/pipeline  (run: OUT/runs/dit)
+    samples   a video per class (mp4 + gif) and a contact sheet               OUT/samples, OUT/samples.png
     decouple  original | reconstruction | structure only | dynamics only | structure A + dynamics B
-                                                                            OUT/decoupling.png (+ videos)
+                                                                              OUT/decoupling.png (+ videos)
     metrics   reconstruction PSNR/SSIM on held-out clips, FVD of samples against held-out clips, wall time
-              per stage                                                     OUT/metrics.json
+              per stage                                                       OUT/metrics.json
 """
 
 import argparse
@@ -26,16 +26,16 @@ import PIL.Image
 import PIL.ImageDraw
 import torch
 
+from . import VidTwinPipeline
 from .data.embedded import CLASSES as EMBEDDED_CLASSES
 from .data.embedded import make_embedded_dataset
+from .data.export import decoded_to_frames, export_videos
 from .data.latent_cache import encode_dataset
 from .data.ucf101 import UCF101Clips, load_ucf101
 from .evaluation.fvd import extract_features, fvd_from_features, get_protocol, pipeline_clips, sample_class_labels
 from .evaluation.i3d import load_i3d
 from .evaluation.reconstruction import evaluate_reconstruction
-from .generate import export_videos, to_frames
 from .models.autoencoder_vidtwin import AutoencoderVidTwin
-from .pipelines.pipeline_vidtwin import VidTwinPipeline
 from .training import train_dit, train_vae
 from .training.checkpointing import replace_directory
 
@@ -75,12 +75,82 @@ def held_out_clips(data: Path, vae: AutoencoderVidTwin, limit: int) -> tuple[tor
     return torch.stack([item["video"] for item in items]), [item["label"] for item in items]
 
 
+def train_autoencoder(out: Path, data: Path, args) -> None:
+    steps = ["--max_train_steps", str(args.vae_steps)] if args.vae_steps else []
+    train_vae.main(["--config", config_path("vae/quickstart.yaml"), "--data_root", str(data), "--seed", str(args.seed),
+                    "--output_dir", str(out / "runs" / "vae"), "--resume_from_checkpoint", "latest", *steps])
+    replace_directory(out / "runs" / "vae" / "vae", out / "vae")
+
+
+def train_generator(out: Path, args) -> None:
+    steps = ["--max_train_steps", str(args.dit_steps)] if args.dit_steps else []
+    train_dit.main(["--config", config_path("dit/quickstart_class.yaml"), "--vae", str(out / "vae"),
+                    "--latent_cache", str(out / "latents"), "--seed", str(args.seed),
+                    "--output_dir", str(out / "runs" / "dit"), "--resume_from_checkpoint", "latest", *steps])
+    replace_directory(out / "runs" / "dit" / "pipeline", out / "pipeline")
+
+
+def write_samples(out: Path, pipe: VidTwinPipeline, class_names: list[str], args) -> None:
+    labels = [name for name in class_names for _ in range(args.videos_per_class)]
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels))]
+    frames = pipe(class_labels=labels, num_inference_steps=25, guidance_scale=4.0, generator=generators).frames
+    names = [f"{name}_{i % args.videos_per_class:02d}" for i, name in enumerate(labels)]
+    export_videos(frames, out / "samples", names, FPS)
+    contact_sheet(list(frames), names).save(out / "samples.png")
+
+
+def write_decoupling(out: Path, data: Path, vae: AutoencoderVidTwin, class_names: list[str]) -> None:
+    clips, labels = held_out_clips(data, vae, limit=10**9)
+    # A: slow drift of the whole scene; B: another shape in fast local motion. A gives the structure, B the dynamics.
+    kind = {c.name: c for c in EMBEDDED_CLASSES}
+    a = next(i for i, label in enumerate(labels) if kind[class_names[label]].motion == "drift")
+    b = next(i for i, label in enumerate(labels) if kind[class_names[label]].motion != "drift"
+             and kind[class_names[label]].shape != kind[class_names[labels[a]]].shape)
+    with torch.no_grad():
+        z = vae.encode(clips[[a, b]]).latent_dist.mode()
+        rows = {
+            "original A": clips[[a]],
+            "reconstruction A": vae.decode(z[:1]).sample,
+            "structure only A": vae.decode(z[:1], part="structure").sample,
+            "dynamics only A": vae.decode(z[:1], part="dynamics").sample,
+            "original B": clips[[b]],
+            "structure A + dynamics B": vae.reenact(clips[[a]], clips[[b]]).sample,
+        }
+    frames = [decoded_to_frames(video)[0] for video in rows.values()]
+    names = {"A": class_names[labels[a]], "B": class_names[labels[b]]}
+    titles = [f"{title} ({names['A']} + {names['B']})" if "+" in title else f"{title} ({names[title[-1]]})"
+              for title in rows]
+    contact_sheet(frames, titles).save(out / "decoupling.png")
+    export_videos(np.stack(frames), out / "decoupling", [title.replace(" ", "_") for title in rows], FPS)
+
+
+def write_metrics(out: Path, data: Path, pipe: VidTwinPipeline, times: dict, args) -> None:
+    clips, _ = held_out_clips(data, pipe.vae, limit=10**9)
+    scores = evaluate_reconstruction(pipe.vae, clips, batch_size=8)
+    reconstruction = {"clips": len(clips), "split": "1/test", "psnr": float(np.mean(scores["psnr"])),
+                      "ssim": float(np.mean(scores["ssim"]))}
+    protocol = get_protocol(num_samples=min(args.fvd_samples, len(clips)))
+    i3d = load_i3d()
+    real = extract_features(clips[: protocol.num_real], i3d, desc="I3D real clips")
+    test_labels = load_ucf101(data, 1, "test")["label"]
+    labels = sample_class_labels(test_labels, protocol.num_generated, args.seed)
+    pipe.set_progress_bar_config(disable=True)
+    generated = extract_features(pipeline_clips(pipe, labels, 8, num_inference_steps=25, seed=args.seed + 1000),
+                                 i3d, protocol.num_generated, desc="I3D generated clips")
+    fvd = {"value": fvd_from_features(real, generated), "protocol": protocol.name, "num_real": len(real),
+           "num_generated": len(generated), "real": "held-out clips (split 1 test list)",
+           "weights_sha256": i3d.weights_sha256,
+           "note": "a demo-sized protocol: not comparable with published FVD figures (2,048 or 10,000 clips)"}
+    report = {"reconstruction": reconstruction, "fvd": fvd, "wall_time_seconds": times}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidtwin-gen demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, help="override max_train_steps of train_configs/vae/tiny.yaml")
-    parser.add_argument("--dit-steps", type=int, help="override max_train_steps of train_configs/dit/tiny_class.yaml")
+    parser.add_argument("--vae-steps", type=int, help="override max_train_steps of train_configs/vae/quickstart.yaml")
+    parser.add_argument("--dit-steps", type=int, help="override max_train_steps of train_configs/dit/quickstart_class.yaml")
     parser.add_argument("--fvd-samples", type=int, default=48, help="real and generated clips for FVD")
     parser.add_argument("--videos-per-class", type=int, default=2)
     args = parser.parse_args(argv)
@@ -102,89 +172,18 @@ def main(argv: list[str] | None = None) -> int:
 
     data = out / "data"
     stage("data", (data / "embedded_dataset.json").exists(), lambda: make_embedded_dataset(data, seed=args.seed))
-
-    def train_autoencoder() -> None:
-        steps = ["--max_train_steps", str(args.vae_steps)] if args.vae_steps else []
-        train_vae.main(["--config", config_path("vae/tiny.yaml"), "--data_root", str(data), "--seed", str(args.seed),
-                        "--output_dir", str(out / "runs" / "vae"), "--resume_from_checkpoint", "latest", *steps])
-        replace_directory(out / "runs" / "vae" / "vae", out / "vae")
-
-    stage("vae", (out / "vae" / "config.json").exists(), train_autoencoder)
-    stage("latents", (out / "latents" / "manifest.json").exists() and json.loads(
-        (out / "latents" / "manifest.json").read_text()).get("complete", False),
-        lambda: encode_dataset(out / "vae", data, out / "latents", clips_per_video=3, target_fps=FPS))
-
-    def train_generator() -> None:
-        steps = ["--max_train_steps", str(args.dit_steps)] if args.dit_steps else []
-        train_dit.main(["--config", config_path("dit/tiny_class.yaml"), "--vae", str(out / "vae"),
-                        "--latent_cache", str(out / "latents"), "--seed", str(args.seed),
-                        "--output_dir", str(out / "runs" / "dit"), "--resume_from_checkpoint", "latest", *steps])
-        replace_directory(out / "runs" / "dit" / "pipeline", out / "pipeline")
-
-    stage("dit", (out / "pipeline" / "model_index.json").exists(), train_generator)
+    stage("vae", (out / "vae" / "config.json").exists(), lambda: train_autoencoder(out, data, args))
+    latents_manifest = out / "latents" / "manifest.json"
+    stage("latents", latents_manifest.exists() and json.loads(latents_manifest.read_text()).get("complete", False),
+          lambda: encode_dataset(out / "vae", data, out / "latents", clips_per_video=3, target_fps=FPS))
+    stage("dit", (out / "pipeline" / "model_index.json").exists(), lambda: train_generator(out, args))
 
     pipe = VidTwinPipeline.from_pretrained(out / "pipeline")
     pipe.set_progress_bar_config(desc="sampling")
-    vae = pipe.vae
     class_names = [pipe.config.id2label[str(i)] for i in range(len(pipe.labels))]
-
-    def samples() -> None:
-        labels = [name for name in class_names for _ in range(args.videos_per_class)]
-        generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels))]
-        frames = pipe(class_labels=labels, num_inference_steps=25, guidance_scale=4.0, generator=generators).frames
-        names = [f"{name}_{i % args.videos_per_class:02d}" for i, name in enumerate(labels)]
-        export_videos(frames, out / "samples", names, FPS)
-        contact_sheet(list(frames), names).save(out / "samples.png")
-
-    stage("samples", (out / "samples.png").exists(), samples)
-
-    def decoupling() -> None:
-        clips, labels = held_out_clips(data, vae, limit=10**9)
-        # A: slow drift of the whole scene; B: another shape in fast local motion. A gives the structure, B the dynamics.
-        kind = {c.name: c for c in EMBEDDED_CLASSES}
-        a = next(i for i, label in enumerate(labels) if kind[class_names[label]].motion == "drift")
-        b = next(i for i, label in enumerate(labels) if kind[class_names[label]].motion != "drift"
-                 and kind[class_names[label]].shape != kind[class_names[labels[a]]].shape)
-        with torch.no_grad():
-            z = vae.encode(clips[[a, b]]).latent_dist.mode()
-            rows = {
-                "original A": clips[[a]],
-                "reconstruction A": vae.decode(z[:1]).sample,
-                "structure only A": vae.decode(z[:1], part="structure").sample,
-                "dynamics only A": vae.decode(z[:1], part="dynamics").sample,
-                "original B": clips[[b]],
-                "structure A + dynamics B": vae.reenact(clips[[a]], clips[[b]]).sample,
-            }
-        frames = [to_frames(video)[0] for video in rows.values()]
-        names = {"A": class_names[labels[a]], "B": class_names[labels[b]]}
-        titles = [f"{title} ({names['A']} + {names['B']})" if "+" in title else f"{title} ({names[title[-1]]})"
-                  for title in rows]
-        contact_sheet(frames, titles).save(out / "decoupling.png")
-        export_videos(np.stack(frames), out / "decoupling", [title.replace(" ", "_") for title in rows], FPS)
-
-    stage("decouple", (out / "decoupling.png").exists(), decoupling)
-
-    def metrics() -> None:
-        clips, _ = held_out_clips(data, vae, limit=10**9)
-        scores = evaluate_reconstruction(vae, clips, batch_size=8)
-        reconstruction = {"clips": len(clips), "split": "1/test", "psnr": float(np.mean(scores["psnr"])),
-                          "ssim": float(np.mean(scores["ssim"]))}
-        protocol = get_protocol(num_samples=min(args.fvd_samples, len(clips)))
-        i3d = load_i3d()
-        real = extract_features(clips[: protocol.num_real], i3d, desc="I3D real clips")
-        test_labels = load_ucf101(data, 1, "test")["label"]
-        labels = sample_class_labels(test_labels, protocol.num_generated, args.seed)
-        pipe.set_progress_bar_config(disable=True)
-        generated = extract_features(pipeline_clips(pipe, labels, 8, num_inference_steps=25, seed=args.seed + 1000),
-                                     i3d, protocol.num_generated, desc="I3D generated clips")
-        fvd = {"value": fvd_from_features(real, generated), "protocol": protocol.name, "num_real": len(real),
-               "num_generated": len(generated), "real": "held-out clips (split 1 test list)",
-               "weights_sha256": i3d.weights_sha256,
-               "note": "a demo-sized protocol: not comparable with published FVD figures (2,048 or 10,000 clips)"}
-        report = {"reconstruction": reconstruction, "fvd": fvd, "wall_time_seconds": times}
-        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-
-    stage("metrics", (out / "metrics.json").exists(), metrics)
+    stage("samples", (out / "samples.png").exists(), lambda: write_samples(out, pipe, class_names, args))
+    stage("decouple", (out / "decoupling.png").exists(), lambda: write_decoupling(out, data, pipe.vae, class_names))
+    stage("metrics", (out / "metrics.json").exists(), lambda: write_metrics(out, data, pipe, times, args))
     report = json.loads((out / "metrics.json").read_text())
     report["wall_time_seconds"] = {**times, "total": round(sum(times.values()), 1)}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")

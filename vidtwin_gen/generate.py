@@ -13,36 +13,15 @@ import argparse
 import re
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import torch
-from diffusers.utils import export_to_gif, export_to_video
 
+from . import VidTwinPipeline
+from .data.export import decoded_to_frames, export_videos
+from .data.output_paths import ensure_writable_dir
 from .data.video_io import load_clip
-from .evaluation.metrics import to_unit_range
 from .models.autoencoder_vidtwin import AutoencoderVidTwin
-from .pipelines.pipeline_vidtwin import VidTwinPipeline
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def to_frames(video: torch.Tensor) -> np.ndarray:
-    """Decoder output (B, 3, T, H, W) in [-1, 1] (unclamped) -> frames (B, T, H, W, 3) in [0, 1] for export."""
-    return to_unit_range(video).permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
-def export_videos(frames: np.ndarray, output_dir: str | Path, names: list[str], fps: float) -> list[Path]:
-    """Write each video of `frames` (B, T, H, W, 3) in [0, 1] as `name.mp4` and `name.gif`; returns the mp4 paths."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for video, name in zip(frames, names):
-        mp4 = output_dir / f"{name}.mp4"
-        # macro_block_size=1: small demo frames (e.g. 32x32) are written at their size, not upscaled to 16k.
-        export_to_video(list(video), str(mp4), fps=int(round(fps)), macro_block_size=1)
-        export_to_gif([PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in video], str(mp4.with_suffix(".gif")), fps=int(round(fps)))
-        paths.append(mp4)
-    return paths
 
 
 def _slug(text: str) -> str:
@@ -90,6 +69,7 @@ def main_generate(argv: list[str] | None = None) -> int:
     hold.add_argument("--keep-structure-of", metavar="VIDEO", help="hold this clip's structure, generate new dynamics")
     hold.add_argument("--keep-dynamics-of", metavar="VIDEO", help="hold this clip's dynamics, generate a new structure")
     args = parser.parse_args(argv)
+    ensure_writable_dir(args.output_dir, "--output-dir")  # before any model is loaded
 
     pipe = _load_pipeline(args)
     kept = {}
@@ -132,6 +112,7 @@ def main_interpolate(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    ensure_writable_dir(args.output_dir, "--output-dir")  # before any model is loaded
 
     pipe = _load_pipeline(args)
     if args.videos:
@@ -164,6 +145,7 @@ def main_reconstruct(argv: list[str] | None = None) -> int:
     parser.add_argument("--video", nargs="+", required=True)
     parser.add_argument("--parts", nargs="+", choices=["full", "structure", "dynamics"], default=["full", "structure", "dynamics"])
     args = parser.parse_args(argv)
+    ensure_writable_dir(args.output_dir, "--output-dir")  # before any model is loaded
 
     vae = _load_vae(args)
     clips = _read_clips(vae, args.video, args.fps).to(vae.device, vae.dtype)
@@ -172,7 +154,7 @@ def main_reconstruct(argv: list[str] | None = None) -> int:
         for part in args.parts:
             decoded = vae.decode(z, part=None if part == "full" else part).sample
             names = [f"{Path(v).stem}_{part}" for v in args.video]
-            for path in export_videos(to_frames(decoded), args.output_dir, names, args.fps):
+            for path in export_videos(decoded_to_frames(decoded), args.output_dir, names, args.fps):
                 print(path)
     return 0
 
@@ -185,13 +167,14 @@ def main_reenact(argv: list[str] | None = None) -> int:
     parser.add_argument("--structure-video", required=True)
     parser.add_argument("--dynamics-video", required=True)
     args = parser.parse_args(argv)
+    ensure_writable_dir(args.output_dir, "--output-dir")  # before any model is loaded
 
     vae = _load_vae(args)
     clips = _read_clips(vae, [args.structure_video, args.dynamics_video], args.fps).to(vae.device, vae.dtype)
     with torch.no_grad():
         video = vae.reenact(clips[:1], clips[1:]).sample
     name = f"{Path(args.structure_video).stem}_structure__{Path(args.dynamics_video).stem}_dynamics"
-    for path in export_videos(to_frames(video), args.output_dir, [name], args.fps):
+    for path in export_videos(decoded_to_frames(video), args.output_dir, [name], args.fps):
         print(path)
     return 0
 

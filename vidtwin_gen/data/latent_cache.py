@@ -123,6 +123,79 @@ def _write_json(path: Path, content: dict) -> None:
     os.replace(temporary, path)
 
 
+def _load_vae(vae, device) -> tuple:
+    """(model on `device` in eval mode, its folder or None) from a model or a folder."""
+    vae_path = None
+    if isinstance(vae, (str, Path)):
+        if not (Path(vae) / "config.json").is_file():
+            raise FileNotFoundError(f"{vae} is not an AutoencoderVidTwin folder (no config.json); give a folder written "
+                                    "by save_pretrained or `vidtwin-gen convert`")
+        vae_path = str(Path(vae).resolve())
+        vae = AutoencoderVidTwin.from_pretrained(vae_path)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device) if device is not None else vae.device
+    return vae.to(device).eval(), vae_path
+
+
+def _start_manifest(output_dir: Path, manifest: dict) -> bool:
+    """Write the manifest of a new or continued cache; True if the cache is already complete.
+
+    A cache made with other settings is never continued (its rows would mix two encodings).
+    """
+    manifest_path = output_dir / MANIFEST
+    if manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text())
+        changed = [key for key in _RESUME_KEYS if previous.get(key) != manifest[key]]
+        if changed:
+            raise ValueError(f"{output_dir} holds a latent cache made with other settings ({', '.join(changed)} differ); "
+                             "rerun with the same arguments to continue it, or choose another --output-dir")
+        if previous.get("complete"):
+            return True
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(manifest_path, manifest)
+    return False
+
+
+def _encode_missing_shards(vae, clips: UCF101Clips, shards_dir: Path, shard_size: int, batch_size: int,
+                           num_workers: int, device: torch.device) -> int:
+    """Encode every shard not yet on disk, each written to a temporary folder and renamed once complete."""
+    shards_dir.mkdir(exist_ok=True)
+    for stale in shards_dir.glob(".tmp-*"):  # left by an interrupted run
+        shutil.rmtree(stale)
+    features = _features(vae, clips.class_names)
+    num_shards = -(-len(clips) // shard_size)
+    for shard in range(num_shards):
+        final = shards_dir / f"shard-{shard:05d}"
+        if final.is_dir():
+            continue
+        indices = list(range(shard * shard_size, min(len(clips), (shard + 1) * shard_size)))
+        columns, skipped = _encode_shard(vae, clips, indices, batch_size, num_workers, device)
+        temporary = shards_dir / f".tmp-shard-{shard:05d}"
+        temporary.mkdir()
+        if columns["path"]:  # `datasets` cannot read back an empty saved dataset; a shard of only skips has none
+            datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(temporary / DATA_DIR))
+        _write_json(temporary / "shard.json", {"num_skipped": skipped, "num_rows": len(columns["path"])})
+        os.replace(temporary, final)  # the shard exists only once it is complete
+        logger.info("encoded shard %d/%d (%d clips, %d skipped)", shard + 1, num_shards, len(columns["path"]), skipped)
+    return num_shards
+
+
+def _assemble_shards(shards_dir: Path, num_shards: int, output_dir: Path, source: str) -> tuple[datasets.Dataset, int]:
+    """Concatenate the shards into `output_dir/data` (replaced atomically); (the stored dataset, skipped videos)."""
+    shards = [json.loads((shards_dir / f"shard-{shard:05d}" / "shard.json").read_text()) for shard in range(num_shards)]
+    num_skipped = sum(shard["num_skipped"] for shard in shards)
+    filled = [shards_dir / f"shard-{shard:05d}" / DATA_DIR for shard in range(num_shards) if shards[shard]["num_rows"]]
+    if not filled:
+        raise ValueError(f"none of the {source} could be decoded")
+    assembled = datasets.concatenate_datasets([datasets.load_from_disk(str(path)) for path in filled])
+    temporary = output_dir / (DATA_DIR + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    assembled.save_to_disk(str(temporary))
+    shutil.rmtree(output_dir / DATA_DIR, ignore_errors=True)
+    os.replace(temporary, output_dir / DATA_DIR)
+    return datasets.load_from_disk(str(output_dir / DATA_DIR)), num_skipped
+
+
 def encode_dataset(
     vae,
     data_root,
@@ -156,77 +229,31 @@ def encode_dataset(
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
-    vae_path = None
-    if isinstance(vae, (str, Path)):
-        if not (Path(vae) / "config.json").is_file():
-            raise FileNotFoundError(f"{vae} is not an AutoencoderVidTwin folder (no config.json); give a folder written "
-                                    "by save_pretrained or `vidtwin-gen convert`")
-        vae_path = str(Path(vae).resolve())
-        vae = AutoencoderVidTwin.from_pretrained(vae_path)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device) if device is not None else vae.device
-    vae = vae.to(device).eval()
+    vae, vae_path = _load_vae(vae, device)
     _, num_frames, height, width = vae.sample_shape
     clips = UCF101Clips(data_root, split, subset, num_frames=num_frames, size=(height, width), target_fps=target_fps,
                         train=False, clips_per_video=clips_per_video)
     output_dir = Path(output_dir)
-    manifest_path = output_dir / MANIFEST
     manifest = {
         "data_root": str(Path(data_root).resolve()), "split": split, "subset": subset, "target_fps": target_fps,
         "clips_per_video": clips_per_video, "shard_size": shard_size, "num_items": len(clips),
         "sample_shape": list(vae.sample_shape), "vae_fingerprint": vae_fingerprint(vae), "vae_path": vae_path,
         "class_names": clips.class_names, "complete": False,
     }
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
-        changed = [key for key in _RESUME_KEYS if previous.get(key) != manifest[key]]
-        if changed:
-            raise ValueError(f"{output_dir} holds a latent cache made with other settings ({', '.join(changed)} differ); "
-                             "rerun with the same arguments to continue it, or choose another --output-dir")
-        if previous.get("complete"):
-            logger.info("latent cache %s is already complete", output_dir)
-            return output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(manifest_path, manifest)
+    if _start_manifest(output_dir, manifest):
+        logger.info("latent cache %s is already complete", output_dir)
+        return output_dir
 
     shards_dir = output_dir / SHARDS_DIR
-    shards_dir.mkdir(exist_ok=True)
-    for stale in shards_dir.glob(".tmp-*"):  # left by an interrupted run
-        shutil.rmtree(stale)
-    features = _features(vae, clips.class_names)
-    num_shards = -(-len(clips) // shard_size)
-    for shard in range(num_shards):
-        final = shards_dir / f"shard-{shard:05d}"
-        if final.is_dir():
-            continue
-        indices = list(range(shard * shard_size, min(len(clips), (shard + 1) * shard_size)))
-        columns, skipped = _encode_shard(vae, clips, indices, batch_size, num_workers, device)
-        temporary = shards_dir / f".tmp-shard-{shard:05d}"
-        temporary.mkdir()
-        if columns["path"]:  # `datasets` cannot read back an empty saved dataset; a shard of only skips has none
-            datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(temporary / DATA_DIR))
-        _write_json(temporary / "shard.json", {"num_skipped": skipped, "num_rows": len(columns["path"])})
-        os.replace(temporary, final)  # the shard exists only once it is complete
-        logger.info("encoded shard %d/%d (%d clips, %d skipped)", shard + 1, num_shards, len(columns["path"]), skipped)
-
-    # Assemble, then compute the statistics from what was stored.
-    shards = [json.loads((shards_dir / f"shard-{shard:05d}" / "shard.json").read_text()) for shard in range(num_shards)]
-    num_skipped = sum(shard["num_skipped"] for shard in shards)
-    filled = [shards_dir / f"shard-{shard:05d}" / DATA_DIR for shard in range(num_shards) if shards[shard]["num_rows"]]
-    if not filled:
-        raise ValueError(f"none of the {len(clips)} clips of {data_root} split {split} {subset} could be decoded")
-    assembled = datasets.concatenate_datasets([datasets.load_from_disk(str(path)) for path in filled])
-    temporary = output_dir / (DATA_DIR + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    assembled.save_to_disk(str(temporary))
-    shutil.rmtree(output_dir / DATA_DIR, ignore_errors=True)
-    os.replace(temporary, output_dir / DATA_DIR)
-    stored = datasets.load_from_disk(str(output_dir / DATA_DIR))
+    num_shards = _encode_missing_shards(vae, clips, shards_dir, shard_size, batch_size, num_workers, vae.device)
+    source = f"{len(clips)} clips of {data_root} split {split} {subset}"
+    stored, num_skipped = _assemble_shards(shards_dir, num_shards, output_dir, source)
+    # The statistics come from what was stored, so they describe exactly the rows the generator reads.
     stats = {part: _channel_stats(stored, f"{part}_mean") for part in PARTS}
     stats["num_clips"] = len(stored)
     _write_json(output_dir / STATS, stats)
     _write_json(output_dir / VAE_CONFIG, json.loads(vae.to_json_string()))
-    _write_json(manifest_path, {**manifest, "complete": True, "num_rows": len(stored), "num_skipped": num_skipped})
+    _write_json(output_dir / MANIFEST, {**manifest, "complete": True, "num_rows": len(stored), "num_skipped": num_skipped})
     shutil.rmtree(shards_dir)
     if num_skipped:
         logger.warning("skipped %d unreadable videos of %d clips in %s", num_skipped, len(clips), data_root)

@@ -171,8 +171,10 @@ class ClipTransform:
     A file that fails to decode gives video None and is logged once per process.
     """
 
-    def __init__(self, num_frames: int, size: int | tuple[int, int], target_fps: float | None = None, train: bool = False):
+    def __init__(self, num_frames: int, size: int | tuple[int, int], target_fps: float | None = None, train: bool = False,
+                 crop: str | None = None, resize: str = "bilinear"):
         self.num_frames, self.size, self.target_fps, self.train = num_frames, size, target_fps, train
+        self.crop, self.resize = crop, resize  # see `load_clip`
         self._logged: set[str] = set()
 
     def decode(self, path: str, clip_position: float | None = None,
@@ -184,7 +186,8 @@ class ClipTransform:
         """
         mode = "random" if self.train else ("center" if clip_position is None else clip_position)
         try:
-            return load_clip(path, self.num_frames, self.size, self.target_fps, mode=mode, generator=generator)
+            return load_clip(path, self.num_frames, self.size, self.target_fps, mode=mode, generator=generator,
+                             crop=self.crop, resize=self.resize)
         except VideoDecodeError as error:
             if path not in self._logged:
                 self._logged.add(path)
@@ -223,11 +226,13 @@ class UCF101Clips(torch.utils.data.Dataset):
         train: bool = True,
         clips_per_video: int = 1,
         seed: int | None = None,
+        crop: str | None = None,
+        resize: str = "bilinear",
     ):
         if clips_per_video < 1 or (train and clips_per_video > 1):
             raise ValueError(f"clips_per_video must be >= 1, and 1 when train=True; got {clips_per_video}")
         self.dataset = load_video_index(root, split, subset)
-        self.transform = ClipTransform(num_frames, size, target_fps, train)
+        self.transform = ClipTransform(num_frames, size, target_fps, train, crop, resize)
         self.clips_per_video = clips_per_video
         self.seed, self.epoch = seed, 0
 

@@ -120,18 +120,29 @@ def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
+CROPS = ("random", "center")
+RESIZES = ("bilinear", "area")
+
+
 class _FrameConverter:
     """Turns decoded frames into (H, W, 3) uint8 crops: short side resized by FFmpeg's scaler, then cropped.
 
     The crop window is chosen on the first frame (centre, or at random from `generator`) and kept for the clip.
-    Resizing happens in YUV before the RGB conversion: swscale's combined resize+convert path is biased by
-    about 2 grey levels, the two steps are exact and, with cached scaler contexts, faster.
+
+    `resize="bilinear"` (default) resizes in YUV before the RGB conversion: swscale's combined resize+convert
+    path is biased by about 2 grey levels, the two steps are exact and, with cached scaler contexts, faster.
+    `resize="area"` converts to RGB first and resizes with swscale's area filter (anti-aliased averaging, the
+    original VidTwin data pipeline's and its evaluations' choice).
     """
 
-    def __init__(self, size: int | tuple[int, int], random_crop: bool = False, generator: torch.Generator | None = None):
+    def __init__(self, size: int | tuple[int, int], random_crop: bool = False, generator: torch.Generator | None = None,
+                 resize: str = "bilinear"):
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
         self.height, self.width = _size_hw(size)
         self.random_crop = random_crop
         self.generator = generator
+        self.resize = resize
         self.layout = None  # (resized_w, resized_h, top, left), fixed by the first frame
         # One reformatter per step keeps its SwsContext between frames (`VideoFrame.reformat` rebuilds it: ~1 ms).
         self.resizer, self.to_rgb = VideoReformatter(), VideoReformatter()
@@ -151,10 +162,18 @@ class _FrameConverter:
         if self.layout is None:
             self.layout = self._choose_layout(frame)
         resized_w, resized_h, top, left = self.layout
-        if (resized_w, resized_h) != (frame.width, frame.height):
-            # swscale's bilinear filter widens with the scale factor, so downscaling is antialiased.
-            frame = self.resizer.reformat(frame, width=resized_w, height=resized_h, interpolation="BILINEAR", threads=1)
-        rgb = self.to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        same_size = (resized_w, resized_h) == (frame.width, frame.height)
+        if self.resize == "area":
+            frame = self.to_rgb.reformat(frame, format="rgb24", threads=1)
+            if not same_size:
+                frame = self.resizer.reformat(frame, width=resized_w, height=resized_h, interpolation="AREA", threads=1)
+            rgb = frame.to_ndarray()
+        else:
+            if not same_size:
+                # swscale's bilinear filter widens with the scale factor, so downscaling is antialiased.
+                frame = self.resizer.reformat(frame, width=resized_w, height=resized_h, interpolation="BILINEAR",
+                                              threads=1)
+            rgb = self.to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
         return rgb[top : top + self.height, left : left + self.width]
 
 
@@ -289,6 +308,8 @@ def load_clip(
     mode: str | float = "center",
     generator: torch.Generator | None = None,
     time_limit: float = DECODE_TIME_LIMIT_S,
+    crop: str | None = None,
+    resize: str = "bilinear",
 ) -> torch.Tensor:
     """Decode one clip of a video.
 
@@ -301,6 +322,8 @@ def load_clip(
             placing the start (centre crop).
         generator: RNG for "random".
         time_limit: seconds allowed for opening and decoding this file.
+        crop: "random" or "center" overrides the crop `mode` implies (e.g. a random start, centre crop).
+        resize: "bilinear" (in YUV) or "area" (anti-aliased, in RGB); see `_FrameConverter`.
 
     Returns:
         (3, T, H, W) float32 in [-1, 1].
@@ -311,6 +334,9 @@ def load_clip(
     """
     height, width = _size_hw(size)
     _check_sampling(num_frames, target_fps, mode, time_limit)
+    if crop is not None and crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS} or None, got {crop!r}")
+    random_crop = crop == "random" if crop is not None else mode == "random"
     deadline = time.monotonic() + time_limit
     with _failures_name_the_file(path):
         container, stream = _open_video(path, time_limit)
@@ -326,7 +352,7 @@ def load_clip(
                     total = checked
                     indices = sample_frame_indices(total, fps, num_frames, target_fps, mode, generator)
             wanted, last = set(indices), indices[-1]
-            convert = _FrameConverter((height, width), random_crop=mode == "random", generator=generator)
+            convert = _FrameConverter((height, width), random_crop=random_crop, generator=generator, resize=resize)
             frames, decoded, frame = {}, 0, None
             for frame in _checked_frames(container, stream, path, deadline, time_limit):
                 if decoded in wanted:

@@ -1,4 +1,8 @@
-"""Evaluation: PSNR/SSIM/LPIPS of reconstructions, and FVD with a PyTorch port of the Kinetics-400 I3D."""
+"""Evaluation: PSNR/SSIM/LPIPS of reconstructions, and FVD with a PyTorch port of the Kinetics-400 I3D.
+
+The LPIPS network lives here with the other metrics; the VAE's training loss imports it from here
+(training and evaluation sit side by side above the pipelines; evaluation imports nothing from training).
+"""
 
 from .fvd import (
     PROTOCOLS,
@@ -14,12 +18,14 @@ from .fvd import (
     sample_class_labels,
 )
 from .i3d import InceptionI3d, NumpyOnlyUnpickler, load_i3d, load_numpy_pickle
+from .lpips import LPIPS
 from .metrics import lpips_video, psnr, ssim, to_unit_range
 from .reconstruction import evaluate_reconstruction
 
 __all__ = [
     "FVDProtocol",
     "InceptionI3d",
+    "LPIPS",
     "NumpyOnlyUnpickler",
     "PROTOCOLS",
     "VideoClipSet",

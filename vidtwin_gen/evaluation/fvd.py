@@ -35,8 +35,8 @@ from scipy import linalg
 from tqdm.auto import tqdm
 
 from ..data.ucf101 import class_to_caption, load_ucf101
+from ..data.output_paths import ensure_writable_dir
 from ..data.video_io import VideoDecodeError, iter_clips, list_videos
-from ..pipelines.pipeline_vidtwin import VidTwinPipeline
 from .i3d import InceptionI3d, default_i3d_weights_path, load_i3d
 
 logger = logging.getLogger(__name__)
@@ -277,10 +277,11 @@ def pipeline_clips(
     for start in range(0, len(conditions), batch_size):
         chunk = list(conditions[start : start + batch_size])
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        frames = pipe(**{key: chunk}, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                      generator=generators, output_type="pt").frames  # (B, T, 3, H, W) in [0, 1]
-        for video in frames:
-            yield video.transpose(0, 1).float().cpu() * 2 - 1
+        latents = pipe(**{key: chunk}, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                       generator=generators, output_type="latent").frames  # packed VAE latents (B, N)
+        # Decoder output is already I3D's layout (B, 3, T, H, W); clamped to the [-1, 1] of real clips.
+        videos = pipe.vae.decode(latents.to(pipe.vae.dtype)).sample.float().clamp(-1, 1).cpu()
+        yield from videos
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -325,6 +326,40 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_pipeline(folder: str, device: torch.device):
+    from .. import VidTwinPipeline  # only this command samples: importing fvd stays free of the pipeline
+
+    pipe = VidTwinPipeline.from_pretrained(folder).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _real_set(args) -> tuple:
+    """(the UCF-101 table or None, real video paths, where they come from) for the report."""
+    if args.data_root is not None:
+        real_table = load_ucf101(args.data_root, args.split, args.subset)
+        source = {"data_root": str(Path(args.data_root).resolve()), "split": args.split, "subset": args.subset}
+        return real_table, real_table["path"], source
+    return None, [str(p) for p in list_videos(args.real_dir)], {"real_dir": str(Path(args.real_dir).resolve())}
+
+
+def _print_summary(report: dict, protocol: FVDProtocol, real_meta: dict, origin: str, output: str) -> None:
+    print(f"protocol   {protocol.name} ({protocol.num_real} real vs {protocol.num_generated} generated, "
+          f"{protocol.num_frames} frames)")
+    print(f"real       {report['num_real']} clips from {real_meta['num_videos']} videos "
+          f"({real_meta['num_skipped']} unreadable), cache {report['real']['cache']}")
+    print(f"generated  {report['num_generated']} clips from {origin} ({report['generated']['num_skipped']} unreadable)")
+    if not report["protocol_satisfied"]:
+        print(
+            f"WARNING    fewer clips than {protocol.name!r} asks for ({report['num_real']}/{protocol.num_real} real, "
+            f"{report['num_generated']}/{protocol.num_generated} generated): FVD is biased upwards with fewer samples, "
+            "so this figure is not comparable with ones computed under the full protocol",
+            file=sys.stderr,
+        )
+    print(f"I3D        sha256 {report['weights_sha256']}")
+    print(f"report     {output}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -335,25 +370,17 @@ def main(argv: list[str] | None = None) -> int:
     if (args.resolution is not None and args.resolution < 1) or args.batch_size < 1:
         parser.error("--resolution and --batch-size must be positive")
     protocol = get_protocol(args.protocol, args.num_samples)
+    ensure_writable_dir(Path(args.output).absolute().parent, "--output folder")  # before hours of sampling
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     weights_path = args.i3d_weights or default_i3d_weights_path()
     i3d = load_i3d(weights_path, device)
 
-    pipe = None
-    if args.pipeline is not None:
-        pipe = VidTwinPipeline.from_pretrained(args.pipeline).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        if args.resolution is None:
-            args.resolution = pipe.vae.sample_shape[2]
+    pipe = _load_pipeline(args.pipeline, device) if args.pipeline is not None else None
+    if pipe is not None and args.resolution is None:
+        args.resolution = pipe.vae.sample_shape[2]
     args.resolution = args.resolution or I3D_INPUT_SIZE
 
-    if args.data_root is not None:
-        real_table = load_ucf101(args.data_root, args.split, args.subset)
-        real_paths = real_table["path"]
-        real_source = {"data_root": str(Path(args.data_root).resolve()), "split": args.split, "subset": args.subset}
-    else:
-        real_paths = [str(p) for p in list_videos(args.real_dir)]
-        real_source = {"real_dir": str(Path(args.real_dir).resolve())}
+    real_table, real_paths, real_source = _real_set(args)
     generated_paths = [] if pipe is not None else [str(p) for p in list_videos(args.generated_dir)]
     if not real_paths or (pipe is None and not generated_paths):
         raise ValueError(f"no videos found: {len(real_paths)} real, {len(generated_paths)} generated")
@@ -405,20 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"protocol   {protocol.name} ({protocol.num_real} real vs {protocol.num_generated} generated, "
-          f"{protocol.num_frames} frames)")
-    print(f"real       {report['num_real']} clips from {real_meta['num_videos']} videos "
-          f"({real_meta['num_skipped']} unreadable), cache {report['real']['cache']}")
     origin = f"the pipeline {args.pipeline}" if pipe is not None else f"{len(generated_paths)} videos"
-    print(f"generated  {report['num_generated']} clips from {origin} ({report['generated']['num_skipped']} unreadable)")
-    if not report["protocol_satisfied"]:
-        print(
-            f"WARNING    fewer clips than {protocol.name!r} asks for ({report['num_real']}/{protocol.num_real} real, "
-            f"{report['num_generated']}/{protocol.num_generated} generated): FVD is biased upwards with fewer samples, "
-            "so this figure is not comparable with ones computed under the full protocol",
-            file=sys.stderr,
-        )
-    print(f"I3D        sha256 {i3d.weights_sha256}")
-    print(f"report     {args.output}")
+    _print_summary(report, protocol, real_meta, origin, args.output)
     print(f"FVD {fvd:.4f}")
     return 0

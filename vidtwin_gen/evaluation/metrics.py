@@ -89,7 +89,7 @@ def lpips_video(lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: 
     """Frame-wise LPIPS averaged over frames: clips (B, 3, T, H, W) in [-1, 1] -> (B,).
 
     `lpips` maps two image batches (N, 3, H, W) in [-1, 1] to (N,) distances, e.g.
-    `vidtwin_gen.training.lpips.LPIPS.from_pretrained(vgg_path, lin_path)`.
+    `vidtwin_gen.evaluation.lpips.LPIPS.from_pretrained(vgg_path, lin_path)`.
     """
     x, y = _as_video(x, y)
     b, c, t, h, w = x.shape

@@ -25,7 +25,7 @@ from ..data.output_paths import ensure_writable_dir
 from ..data.ucf101 import load_video_index
 from ..data.video_io import VideoDecodeError, iter_clips, list_videos, load_clip
 from ..models import AutoencoderVidTwin
-from ..training.lpips import LPIPS
+from .lpips import LPIPS
 from .metrics import lpips_video, psnr, ssim, to_unit_range
 
 logger = logging.getLogger(__name__)

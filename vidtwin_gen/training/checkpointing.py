@@ -2,17 +2,31 @@
 
 `accelerator.save_state` writes into a hidden temporary folder that is renamed once complete, so a run
 killed at any moment leaves only whole checkpoints behind; rotation happens after a successful save.
+
+Resuming must not run code from the checkpoint folder. Accelerate saves the prepared models as safetensors
+and reads its other files (optimizer.bin, scheduler.bin, sampler.bin, random_states_N.pkl) with
+`torch.load(weights_only=True)`, but it unpickles objects registered with `register_for_checkpointing`
+(`custom_checkpoint_N.pkl`) with `weights_only=False`. So nothing is registered: the trainers' own state
+(the EMA weights, the VAE loss's log-variance) is written by `save_training_state` as
+`training_state.safetensors` (tensors) + `training_state.json` (everything else), and a checkpoint that holds
+a `custom_checkpoint_*.pkl` is refused before accelerate sees it.
 """
 
+import json
 import logging
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from safetensors.torch import load_file, save_file
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+TRAINING_STATE_TENSORS, TRAINING_STATE_JSON = "training_state.safetensors", "training_state.json"
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -31,8 +45,13 @@ def checkpoint_step(path: str | Path) -> int:
     return int(match.group(1))
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, total_limit: int | None) -> Path:
-    """Save the full training state as `output_dir/checkpoint-STEP`; keep the newest `total_limit`."""
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, total_limit: int | None,
+                    training_state: dict | None = None) -> Path:
+    """Save the full training state as `output_dir/checkpoint-STEP`; keep the newest `total_limit`.
+
+    `training_state` (name -> tensor or object with `state_dict`) is what accelerate does not hold: it is
+    written beside accelerate's files by `save_training_state`.
+    """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".checkpoint-{step}.partial"
@@ -42,6 +61,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    if accelerator.is_main_process and training_state:
+        save_training_state(partial, training_state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # the same step saved again after a resume: replace it
@@ -96,3 +117,84 @@ def replace_directory(source: Path, destination: Path) -> None:
         destination.rename(backup)
     source.rename(destination)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def _split_state(value: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON skeleton of a state dict; its tensors go to `tensors` under dotted names."""
+    if isinstance(value, torch.Tensor):
+        tensors[name] = value.detach().cpu().contiguous()
+        return {"tensor": name}
+    if isinstance(value, dict):
+        return {"dict": {str(key): _split_state(item, f"{name}.{key}", tensors) for key, item in value.items()}}
+    if isinstance(value, (list, tuple)):
+        return {"list": [_split_state(item, f"{name}.{index}", tensors) for index, item in enumerate(value)]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    raise TypeError(f"training state {name!r}: cannot store a {type(value).__name__} without pickle")
+
+
+def _join_state(skeleton: dict, tensors: dict[str, torch.Tensor]) -> Any:
+    (kind, content), = skeleton.items()
+    if kind == "tensor":
+        return tensors[content]
+    if kind == "dict":
+        return {key: _join_state(item, tensors) for key, item in content.items()}
+    if kind == "list":
+        return [_join_state(item, tensors) for item in content]
+    return content
+
+
+def save_training_state(folder: str | Path, objects: dict) -> None:
+    """Write `objects` (name -> tensor, or object with `state_dict()`) as safetensors + JSON into `folder`."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = {name: _split_state(obj.detach() if isinstance(obj, torch.Tensor) else obj.state_dict(), name, tensors)
+                for name, obj in objects.items()}
+    save_file(tensors, str(Path(folder) / TRAINING_STATE_TENSORS))
+    (Path(folder) / TRAINING_STATE_JSON).write_text(json.dumps(skeleton))
+
+
+def load_training_state(folder: str | Path, objects: dict) -> None:
+    """Restore `objects` (as given to `save_training_state`) from `folder`: tensors are copied in place, other
+    objects get `load_state_dict`. Reads no pickle."""
+    folder = Path(folder)
+    paths = [folder / TRAINING_STATE_TENSORS, folder / TRAINING_STATE_JSON]
+    if not all(path.is_file() for path in paths):
+        raise ValueError(f"checkpoint {folder} has no {TRAINING_STATE_TENSORS} / {TRAINING_STATE_JSON}: it was not "
+                         "written by this version of the trainers; start a new run or resume from a newer checkpoint")
+    tensors, skeleton = load_file(str(paths[0])), json.loads(paths[1].read_text())
+    missing = sorted(set(objects) - set(skeleton))
+    if missing:
+        raise ValueError(f"checkpoint {folder} lacks the training state {missing} that this run needs (e.g. use_ema "
+                         "was off when it was written): resume with the settings it was written with")
+    for name, obj in objects.items():
+        state = _join_state(skeleton[name], tensors)
+        if isinstance(obj, torch.Tensor):
+            with torch.no_grad():
+                obj.copy_(state)
+        else:
+            obj.load_state_dict(state)
+
+
+def check_loadable(checkpoint: Path, process_index: int) -> None:
+    """Refuse a checkpoint whose loading would run code, and name a file accelerate would silently skip.
+
+    Accelerate unpickles `custom_checkpoint_*.pkl` with `weights_only=False` (it would run anything), and
+    ignores a `random_states_N.pkl` it cannot read (the resumed run would then silently draw other numbers).
+    """
+    pickles = sorted(p.name for p in checkpoint.glob("custom_checkpoint_*.pkl"))
+    if pickles:
+        raise ValueError(
+            f"checkpoint {checkpoint} holds {', '.join(pickles)}: accelerate would unpickle it with "
+            "weights_only=False, which can run arbitrary code, so it is not loaded. This version keeps its own state "
+            f"in {TRAINING_STATE_TENSORS}; resume from a checkpoint written by it (or delete the file if you wrote it)"
+        )
+    random_states = checkpoint / f"random_states_{process_index}.pkl"
+    if not random_states.is_file():  # written by fewer processes: accelerate leaves this one's stream as seeded
+        logger.warning("checkpoint %s has no %s: this process continues with a fresh random stream",
+                       checkpoint, random_states.name)
+        return
+    try:
+        accelerate_load(random_states)  # weights_only=True, with numpy's RNG state allowed
+    except Exception as error:
+        raise ValueError(f"checkpoint {checkpoint}: {random_states.name} cannot be read as plain data "
+                         f"({type(error).__name__}): the checkpoint is damaged or was tampered with") from error

@@ -3,12 +3,14 @@
 Keys follow diffusers' example scripts (`output_dir`, `max_train_steps`, `learning_rate`, ...). Any key can
 be overridden on the command line (`--learning_rate 1e-4` or `--learning_rate=1e-4`); dotted keys reach
 into dict-valued keys (`--model.hidden_size 128`). Values are parsed as YAML, then converted to the
-key's declared type.
+key's declared type. Only `true`/`false` are booleans (YAML 1.2): YAML 1.1 also reads yes/no/on/off as
+booleans, which turned `--mixed_precision no` into False; a key declared as a string keeps the text as written.
 """
 
 import argparse
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +19,22 @@ from typing import Any, TypeVar
 import yaml
 
 Config = TypeVar("Config")
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: `no`, `off`, `yes`, `on` stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:
@@ -80,7 +98,7 @@ def parse_config(config_cls: type[Config], argv: list[str] | None, description: 
 
     values: dict[str, Any] = {}
     if known.config:
-        loaded = yaml.safe_load(Path(known.config).read_text()) or {}
+        loaded = load_yaml(Path(known.config).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{known.config}: expected a mapping of config keys")
         values.update(loaded)
@@ -98,7 +116,7 @@ def parse_config(config_cls: type[Config], argv: list[str] | None, description: 
                 raw = "true"  # a bare flag switches a boolean on
             else:
                 raw, index = following, index + 1
-        _set_dotted(values, key, yaml.safe_load(raw))
+        _set_dotted(values, key, load_yaml(raw))
         index += 1
 
     fields = {field.name: field for field in dataclasses.fields(config_cls)}

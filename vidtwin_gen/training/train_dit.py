@@ -2,19 +2,21 @@
 
     vidtwin-gen encode-dataset --vae runs/vae/vae --data-root data/UCF101 --output-dir cache/ucf101-train
     accelerate launch -m vidtwin_gen.training.train_dit --config train_configs/dit/ucf101_class.yaml
-    vidtwin-gen train-dit --config train_configs/dit/tiny_class.yaml --max_train_steps 200   # one process
+    vidtwin-gen train-dit --config train_configs/dit/quickstart_class.yaml --max_train_steps 200   # one process
 
 Objectives: rectified flow with logit-normal timesteps (default, `objective: flow`, sampled with
 FlowMatchEulerDiscreteScheduler) or the paper's recipe (`objective: x0`: x0-prediction on a 1000-step DDPM
 schedule, DDIM sampling). Conditions are dropped at `condition_dropout_prob` for classifier-free guidance.
-Checkpoints are `output_dir/checkpoint-STEP`; the exported pipeline (EMA weights) lands in
-`output_dir/pipeline` and loads with `VidTwinPipeline.from_pretrained` or `DiffusionPipeline.from_pretrained`.
+Checkpoints are `output_dir/checkpoint-STEP` (accelerator.save_state, plus the EMA in
+training_state.safetensors); the exported pipeline (EMA weights) lands in `output_dir/pipeline` and loads
+with `VidTwinPipeline.from_pretrained` or `DiffusionPipeline.from_pretrained`. The loop's bookkeeping
+(epochs, logging, checkpoints, validation) is in `run.py`.
 """
 
 import importlib.util
 import json
-import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,20 +24,18 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
-from tqdm.auto import tqdm
+from diffusers.training_utils import compute_density_for_timestep_sampling
 
+from .. import VidTwinPipeline
+from ..data.export import export_videos, frame_strip
 from ..data.latent_cache import load_latent_cache, vae_fingerprint
 from ..data.ucf101 import CAPTION_TEMPLATES, UCF101Clips, collate_clips
-from ..generate import export_videos
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from ..models.transformer_vidtwin import VidTwinTransformer3DModel
-from ..pipelines.pipeline_vidtwin import VidTwinPipeline, encode_text
-from .checkpointing import save_checkpoint
+from ..pipelines import encode_text
 from .config import parse_config
-from .run import RunConfig, check_finite, ema_weights, export, resume, start_run, time_is_up
-from .train_vae import frame_strip
+from .run import Progress, RunConfig, TrainingBatches, check_finite, finish, log_images, resume, start_run
+from .run import make_ema, make_loader, make_lr_scheduler, make_optimizer, optimizer_step
 
 logger = get_logger(__name__)
 OBJECTIVES = ("flow", "x0")
@@ -72,7 +72,7 @@ class TrainDiTConfig(RunConfig):
     adam_beta2: float = 0.999
     adam_weight_decay: float = 0.0
     adam_epsilon: float = 1e-8
-    lr_scheduler: str = "constant_with_warmup"
+    lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "a diffusers.optimization name (its warm-ups start at lr 0), or inverse_sqrt | warmup_cosine"})
     lr_warmup_steps: int = 500
     use_ema: bool = True
     ema_decay: float = 0.9999
@@ -150,24 +150,17 @@ def estimate_statistics(vae: AutoencoderVidTwin, clips: UCF101Clips, accelerator
     return broadcast_object_list([stats])[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_config(TrainDiTConfig, argv, __doc__)
+def check_settings(config: TrainDiTConfig) -> None:
     if config.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
     if config.conditioning not in ("class", "text"):
         raise ValueError(f"conditioning must be 'class' or 'text', got {config.conditioning!r}")
     if not config.latent_cache and not config.data_root:
         raise ValueError("give latent_cache (vidtwin-gen encode-dataset output) or data_root to encode on the fly")
-    output_dir = Path(config.output_dir)
-    accelerator = start_run(config)
 
-    vae = AutoencoderVidTwin.from_pretrained(config.vae).to(accelerator.device).eval().requires_grad_(False)
-    text_encoder = tokenizer = None
-    if config.conditioning == "text":
-        text_encoder, tokenizer = load_text_encoder(config.text_encoder)
-        text_encoder.to(accelerator.device)
 
-    # Data: the latent cache, or clips encoded on the fly.
+def training_data(config: TrainDiTConfig, vae: AutoencoderVidTwin, accelerator) -> tuple:
+    """(data set, class names, latent statistics or None): the latent cache, or clips encoded on the fly."""
     if config.latent_cache:
         cache = load_latent_cache(config.latent_cache)
         # JSON-normalised (tuples vs lists) public config keys must agree.
@@ -177,183 +170,145 @@ def main(argv: list[str] | None = None) -> int:
                 f"latent cache {config.latent_cache} was made with another autoencoder than {config.vae} (its config or "
                 "weights differ): encode the data set again with this autoencoder (vidtwin-gen encode-dataset)"
             )
-        train_set, class_names, stats = cache.dataset, cache.class_names, cache.stats
-    else:
-        _, frames, height, width = vae.sample_shape
-        clips = UCF101Clips(config.data_root, config.split, "train", frames, (height, width), config.target_fps,
-                            train=True, seed=config.seed)
-        train_set, class_names = clips, clips.class_names
-        stats = estimate_statistics(vae, clips, accelerator) if not config.pretrained_model_name_or_path else None
-    collate = None if config.latent_cache else collate_clips
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=config.train_batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-        num_workers=config.dataloader_num_workers, generator=torch.Generator().manual_seed(config.seed),
-    )
-    if len(loader) == 0:
-        raise ValueError(f"{len(train_set)} training clips are fewer than train_batch_size {config.train_batch_size}")
+        return cache.dataset, cache.class_names, cache.stats
+    _, frames, height, width = vae.sample_shape
+    clips = UCF101Clips(config.data_root, config.split, "train", frames, (height, width), config.target_fps,
+                        train=True, seed=config.seed)
+    stats = estimate_statistics(vae, clips, accelerator) if not config.pretrained_model_name_or_path else None
+    return clips, clips.class_names, stats
 
+
+class CaptionEncoder:
+    """Text encoder states of captions, memoised: captions repeat (a class name under a few templates)."""
+
+    def __init__(self, text_encoder, tokenizer, max_sequence_length: int, device: torch.device):
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.max_sequence_length, self.device = max_sequence_length, device
+        self.encoded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states (B, L, D), attention mask (B, L)) of `captions`."""
+        missing = sorted({c for c in captions if c not in self.encoded})
+        if missing:
+            with torch.no_grad():
+                states, mask = encode_text(self.text_encoder, self.tokenizer, missing, self.max_sequence_length, self.device)
+            self.encoded.update({c: (s, m) for c, s, m in zip(missing, states, mask)})
+        return torch.stack([self.encoded[c][0] for c in captions]), torch.stack([self.encoded[c][1] for c in captions])
+
+
+def clean_latents(batch: dict, config: TrainDiTConfig, vae: AutoencoderVidTwin,
+                  denoiser: VidTwinTransformer3DModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean normalised latents (structure, dynamics) of a batch: drawn from the cached posteriors or encoded."""
+    if config.latent_cache:
+        parts = []
+        for part in ("structure", "dynamics"):
+            mean, std = batch[f"{part}_mean"], batch[f"{part}_std"]
+            parts.append(mean + std * torch.randn_like(mean) if config.sample_posterior else mean)
+    else:
+        with torch.no_grad():
+            encoded = vae.encode(batch["video"])
+            dists = (encoded.structure_dist, encoded.dynamics_dist)
+            parts = [d.sample() if config.sample_posterior else d.mode() for d in dists]
+    return denoiser.normalize_latents(*parts)
+
+
+def training_conditions(batch: dict, config: TrainDiTConfig, denoiser: VidTwinTransformer3DModel,
+                        captions: CaptionEncoder | None) -> dict:
+    """The transformer's condition arguments for a batch, each dropped at `condition_dropout_prob` (for CFG)."""
+    if config.conditioning == "class":
+        return denoiser.drop_conditions(config.condition_dropout_prob, class_labels=batch["label"])
+    # Training captions vary over a few templates; the dropped ones become the empty prompt.
+    texts = [CAPTION_TEMPLATES[int(torch.randint(len(CAPTION_TEMPLATES), ()))].format(c) for c in batch["caption"]]
+    states, mask = captions(texts)
+    null_states, null_mask = captions([""])
+    return denoiser.drop_conditions(
+        config.condition_dropout_prob, encoder_hidden_states=states, encoder_attention_mask=mask,
+        null_encoder_hidden_states=null_states, null_encoder_attention_mask=null_mask,
+    )
+
+
+def noisy_inputs(x0: torch.Tensor, config: TrainDiTConfig, noise_schedule: DDPMScheduler | None):
+    """(x_t, timestep in [0, 1000], target) for packed clean latents x0 (B, N)."""
+    noise = torch.randn_like(x0)
+    if config.objective == "flow":
+        u = compute_density_for_timestep_sampling("logit_normal", x0.shape[0], config.logit_mean, config.logit_std)
+        sigma = (config.flow_shift * u / (1 + (config.flow_shift - 1) * u)).to(x0.device)[:, None]
+        return (1 - sigma) * x0 + sigma * noise, sigma[:, 0] * 1000, noise - x0
+    timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+    return noise_schedule.add_noise(x0, noise, timesteps), timesteps.float(), x0
+
+
+def build_pipeline(vae, denoiser, sampling_scheduler, text_encoder, tokenizer, class_names: list[str]) -> VidTwinPipeline:
+    return VidTwinPipeline(vae=vae, transformer=denoiser, scheduler=sampling_scheduler, text_encoder=text_encoder,
+                           tokenizer=tokenizer, id2label=dict(enumerate(class_names)))
+
+
+@torch.no_grad()
+def sample(pipe: VidTwinPipeline, conditions: list, config: TrainDiTConfig, accelerator, step: int) -> None:
+    """Decode one sample per validation condition to the run folder and the trackers."""
+    pipe.set_progress_bar_config(disable=True)
+    key = "class_labels" if config.conditioning == "class" else "prompt"
+    generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(conditions))]
+    pipe.transformer.eval()
+    frames = pipe(**{key: list(conditions)}, num_inference_steps=config.num_inference_steps,
+                  guidance_scale=config.guidance_scale, generator=generators, output_type="np").frames  # (B, T, H, W, 3)
+    pipe.transformer.train()
+    names = [f"{i:02d}_{str(c)[:40].replace(' ', '_')}" for i, c in enumerate(conditions)]
+    export_videos(frames, Path(config.output_dir) / "samples" / f"step-{step}", names, config.target_fps)
+    log_images(accelerator, {"samples " + " | ".join(str(c) for c in conditions): frame_strip(list(frames))}, step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(TrainDiTConfig, argv, __doc__)
+    check_settings(config)
+    accelerator = start_run(config)
+
+    vae = AutoencoderVidTwin.from_pretrained(config.vae).to(accelerator.device).eval().requires_grad_(False)
+    text_encoder = tokenizer = captions = None
+    if config.conditioning == "text":
+        text_encoder, tokenizer = load_text_encoder(config.text_encoder)
+        text_encoder.to(accelerator.device)
+        captions = CaptionEncoder(text_encoder, tokenizer, config.max_sequence_length, accelerator.device)
+    train_set, class_names, stats = training_data(config, vae, accelerator)
+    loader = make_loader(train_set, config, None if config.latent_cache else collate_clips)
     text_embed_dim = text_encoder.config.hidden_size if text_encoder is not None else None
     transformer = build_transformer(config, vae, class_names, stats, text_embed_dim)
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     noise_schedule, sampling_scheduler = build_schedulers(config)
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(transformer.parameters(), decay=config.ema_decay, model_cls=VidTwinTransformer3DModel,
-                       model_config=transformer.config)
-
-    optimizer = torch.optim.AdamW(
-        transformer.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
-    )
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
-                                 num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=config.max_train_steps * accelerator.num_processes)
+    ema = make_ema(transformer, config)
+    optimizer = make_optimizer(transformer.parameters(), config)
+    lr_scheduler = make_lr_scheduler(optimizer, config, accelerator.num_processes)
     transformer, optimizer, loader, lr_scheduler = accelerator.prepare(transformer, optimizer, loader, lr_scheduler)
+    training_state = {}  # saved beside accelerate's files as safetensors + JSON
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    accelerator.init_trackers("vidtwin-dit", config={k: str(v) for k, v in vars(config).items()})
-    model = accelerator.unwrap_model(transformer)
+        training_state["ema"] = ema
 
-    # Text: captions repeat (a class name under a few templates), so their encodings are memoised.
-    prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    global_step, epochs, batches_to_skip = resume(accelerator, config, len(loader), training_state)
+    denoiser = accelerator.unwrap_model(transformer)  # the bare transformer: its helpers, the pipeline, the export
+    make_pipeline = partial(build_pipeline, vae, denoiser, sampling_scheduler, text_encoder, tokenizer, class_names)
+    validation = lambda step: sample(make_pipeline(), config.validation_conditions or class_names[:4], config,  # noqa: E731
+                                     accelerator, step)
+    batches = TrainingBatches(accelerator, loader, epochs, batches_to_skip)
+    progress = Progress(accelerator, config, global_step, transformer, ema, lr_scheduler, validation, "vidtwin-dit",
+                        training_state)
+    for batch in batches:
+        with accelerator.accumulate(transformer):
+            x0 = vae.pack_latents(*clean_latents(batch, config, vae, denoiser))  # (B, N): one noise level for both parts
+            x_t, timestep, target = noisy_inputs(x0, config, noise_schedule)
+            prediction = transformer(*vae.unpack_latents(x_t), timestep, **training_conditions(batch, config, denoiser, captions))
+            prediction = vae.pack_latents(prediction.structure, prediction.dynamics)
+            loss = F.mse_loss(prediction.float(), target.float())
+            check_finite(loss, accelerator, progress.global_step, config.output_dir)
+            accelerator.backward(loss)
+            grad_norm = optimizer_step(accelerator, transformer.parameters(), optimizer, lr_scheduler, config.max_grad_norm)
+        if accelerator.sync_gradients and progress.update({"loss": loss.detach(), "grad_norm": grad_norm}):
+            batches.stop()
 
-    def encode_captions(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = sorted({c for c in captions if c not in prompt_cache})
-        if missing:
-            with torch.no_grad():
-                states, mask = encode_text(text_encoder, tokenizer, missing, config.max_sequence_length, accelerator.device)
-            prompt_cache.update({c: (s, m) for c, s, m in zip(missing, states, mask)})
-        return torch.stack([prompt_cache[c][0] for c in captions]), torch.stack([prompt_cache[c][1] for c in captions])
-
-    def latents_of(batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean normalised latents (structure, dynamics) of a batch."""
-        if config.latent_cache:
-            parts = []
-            for part in ("structure", "dynamics"):
-                mean, std = batch[f"{part}_mean"], batch[f"{part}_std"]
-                parts.append(mean + std * torch.randn_like(mean) if config.sample_posterior else mean)
-        else:
-            with torch.no_grad():
-                encoded = vae.encode(batch["video"])
-                dists = (encoded.structure_dist, encoded.dynamics_dist)
-                parts = [d.sample() if config.sample_posterior else d.mode() for d in dists]
-        return model.normalize_latents(*parts)
-
-    def conditions_of(batch) -> dict:
-        if config.conditioning == "class":
-            return model.drop_conditions(config.condition_dropout_prob, class_labels=batch["label"])
-        # Training captions vary over a few templates; the dropped ones become the empty prompt.
-        captions = [CAPTION_TEMPLATES[int(torch.randint(len(CAPTION_TEMPLATES), ()))].format(c) for c in batch["caption"]]
-        states, mask = encode_captions(captions)
-        null_states, null_mask = encode_captions([""])
-        return model.drop_conditions(
-            config.condition_dropout_prob, encoder_hidden_states=states, encoder_attention_mask=mask,
-            null_encoder_hidden_states=null_states, null_encoder_attention_mask=null_mask,
-        )
-
-    def noisy_inputs(x0: torch.Tensor):
-        """(x_t, timestep in [0, 1000], target) for packed clean latents x0 (B, N)."""
-        noise = torch.randn_like(x0)
-        if config.objective == "flow":
-            u = compute_density_for_timestep_sampling("logit_normal", x0.shape[0], config.logit_mean, config.logit_std)
-            sigma = (config.flow_shift * u / (1 + (config.flow_shift - 1) * u)).to(x0.device)[:, None]
-            return (1 - sigma) * x0 + sigma * noise, sigma[:, 0] * 1000, noise - x0
-        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        return noise_schedule.add_noise(x0, noise, timesteps), timesteps.float(), x0
-
-    global_step, epochs, batches_to_skip = resume(accelerator, config, len(loader))
-
-    id2label = dict(enumerate(class_names))
-    validation_conditions = config.validation_conditions or class_names[:4]
-
-    def make_pipeline() -> VidTwinPipeline:
-        return VidTwinPipeline(vae=vae, transformer=model, scheduler=sampling_scheduler, text_encoder=text_encoder,
-                               tokenizer=tokenizer, id2label=id2label)
-
-    started, last_step = time.monotonic(), False
-    progress = tqdm(range(config.max_train_steps), initial=global_step, desc="train dit",
-                    disable=not accelerator.is_local_main_process)
-    for epoch in epochs:
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        loader.set_epoch(epoch)
-        skipped = 0
-        active = accelerator.skip_first_batches(loader, batches_to_skip) if epoch == epochs.start else loader
-        for batch in active:
-            if not config.latent_cache:  # clips decoded on the fly: broken files are skipped and counted
-                skipped += batch["num_skipped"]
-                empty = torch.tensor(float(batch["video"] is None), device=accelerator.device)
-                if accelerator.reduce(empty, "sum").item() > 0:
-                    continue
-            with accelerator.accumulate(transformer):
-                x0 = vae.pack_latents(*latents_of(batch))  # (B, N): one noise level over both parts
-                x_t, timestep, target = noisy_inputs(x0)
-                prediction = transformer(*vae.unpack_latents(x_t), timestep, **conditions_of(batch))
-                prediction = vae.pack_latents(prediction.structure, prediction.dynamics)
-                loss = F.mse_loss(prediction.float(), target.float())
-                check_finite(loss, accelerator, global_step, output_dir)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(transformer.parameters(), config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            if ema is not None:
-                ema.step(transformer.parameters())
-            if global_step % config.logging_steps == 0 or global_step == 1:
-                logs = {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
-                progress.set_postfix(loss=f"{logs['loss']:.4g}")
-                accelerator.log(logs, step=global_step)
-            last_step = global_step >= config.max_train_steps or time_is_up(started, config.max_train_minutes, accelerator)
-            if global_step % config.checkpointing_steps == 0 or last_step:
-                save_checkpoint(accelerator, output_dir, global_step, config.checkpoints_total_limit)
-            if global_step % config.validation_steps == 0 or last_step:
-                if accelerator.is_main_process:
-                    sample(make_pipeline(), ema, model, validation_conditions, config, global_step, accelerator)
-                accelerator.wait_for_everyone()
-            if last_step:
-                break
-        skipped = int(accelerator.reduce(torch.tensor(skipped, device=accelerator.device), "sum").item())
-        if skipped:
-            logger.warning("epoch %d: skipped %d unreadable video(s)", epoch, skipped)
-        if last_step:
-            break
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if ema is not None:
-            ema.copy_to(model.parameters())
-        export(make_pipeline().save_pretrained, output_dir / "pipeline")
-        logger.info("saved %s", output_dir / "pipeline")
-    accelerator.end_training()
+    finish(accelerator, ema, denoiser, lambda folder: make_pipeline().save_pretrained(folder),
+           Path(config.output_dir) / "pipeline", batches.num_skipped)
     return 0
-
-
-@torch.no_grad()
-def sample(pipe: VidTwinPipeline, ema, model, conditions: list, config: TrainDiTConfig, step: int, accelerator) -> None:
-    """Decode one sample per validation condition (EMA weights) to the run folder and the tracker."""
-    pipe.set_progress_bar_config(disable=True)
-    key = "class_labels" if config.conditioning == "class" else "prompt"
-    generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(conditions))]
-    model.eval()
-    with ema_weights(ema, model):
-        frames = pipe(**{key: list(conditions)}, num_inference_steps=config.num_inference_steps,
-                      guidance_scale=config.guidance_scale, generator=generators, output_type="pt").frames  # (B, T, 3, H, W)
-    model.train()
-    names = [f"{i:02d}_{str(c)[:40].replace(' ', '_')}" for i, c in enumerate(conditions)]
-    videos = frames.permute(0, 1, 3, 4, 2).float().cpu().numpy()
-    export_videos(videos, Path(config.output_dir) / "samples" / f"step-{step}", names, config.target_fps)
-    tracker = accelerator.get_tracker("tensorboard", unwrap=True) if config.report_to == "tensorboard" else None
-    if tracker is not None:
-        strip = frame_strip([video.permute(1, 0, 2, 3) * 2 - 1 for video in frames.float().cpu()])
-        tracker.add_image("samples " + " | ".join(str(c) for c in conditions), strip, step)
 
 
 if __name__ == "__main__":

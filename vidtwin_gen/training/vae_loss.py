@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .discriminator import PatchDiscriminator
-from .lpips import LPIPS
+from ..evaluation.lpips import LPIPS
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
-def _to_frames(inputs: torch.Tensor, reconstructions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _fold_time_into_batch(inputs: torch.Tensor, reconstructions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, T, H, W) videos -> float32 frames (B*T, C, H, W): the loss is computed in fp32 under autocast."""
     if inputs.ndim != 5 or inputs.shape != reconstructions.shape:
         raise ValueError(
@@ -82,9 +82,10 @@ class VidTwinLoss(nn.Module):
       nothing else; each micro-batch gets its own adaptive weight, as in the original.
     - Skip the discriminator step while `discriminator_active(step)` is False; its loss is then a
       constant 0 that does not require grad.
-    - Checkpoints: `logvar` is in no prepared model either; save it with the run, e.g.
-      `accelerator.register_for_checkpointing(loss_fn)` (its state dict also holds the
-      discriminator and, when on, the LPIPS weights).
+    - Checkpoints: `logvar` is in no prepared model either, so `accelerator.save_state` does not see
+      it: save it with the run yourself. `train_vae` lists it in the checkpoint's training state
+      (`training_state.safetensors`, see `checkpointing.save_training_state`); the discriminator is a
+      prepared model and is saved by accelerate.
 
     Args:
         disc_start: first global step with the GAN terms (the released VidTwin yaml uses 20001; the
@@ -201,7 +202,7 @@ class VidTwinLoss(nn.Module):
         Under DDP average `logvar`'s gradient across processes before `optimizer_g.step()`, e.g.
         `if accelerator.sync_gradients: loss_fn.logvar.grad = accelerator.reduce(loss_fn.logvar.grad, "mean")`.
         """
-        frames, frames_rec = _to_frames(inputs, reconstructions)  # (B*T, C, H, W) each
+        frames, frames_rec = _fold_time_into_batch(inputs, reconstructions)  # (B*T, C, H, W) each
         if kl.shape != (inputs.shape[0],):
             raise ValueError(
                 f"kl must hold one KL per sample, shape ({inputs.shape[0]},), got {tuple(kl.shape)}; "
@@ -253,7 +254,7 @@ class VidTwinLoss(nn.Module):
         if not self.discriminator_active(global_step):
             return inputs.new_zeros((), dtype=torch.float32), {"d_loss": 0.0}
         discriminator = self.discriminator if discriminator is None else discriminator
-        frames, frames_rec = _to_frames(inputs.detach(), reconstructions.detach())
+        frames, frames_rec = _fold_time_into_batch(inputs.detach(), reconstructions.detach())
         # Real and fake in separate calls, as in the original: BatchNorm sees one kind at a time.
         logits_real = discriminator(frames).float()  # (B*T, 1, H', W')
         logits_fake = discriminator(frames_rec).float()

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -262,3 +263,27 @@ def test_cli_commands_write_mp4_and_gif(pipe, tmp_path):
             assert all((tmp_path / name / f"{stem}.{ext}").stat().st_size > 0 for stem in stems for ext in ("mp4", "gif"))
     finally:
         os.chdir(cwd)
+
+
+def test_generate_warns_when_the_folder_s_remote_code_shim_is_not_ours(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    arguments = ["generate", "--pipeline", str(tmp_path / "pipe"), "--class-label", "0", "--num-inference-steps", "1",
+                 "--output-dir", str(tmp_path / "out")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the shim this version wrote: no warning
+        assert cli(arguments) == 0
+    shim = tmp_path / "pipe" / "pipeline_vidtwin.py"
+    shim.write_text(shim.read_text() + "\nimport os  # tampered\n")
+    with pytest.warns(UserWarning, match="pipeline_vidtwin.py is not the loader shim"):
+        assert cli(arguments) == 0
+
+
+def test_layerwise_casting_inside_the_pipeline_stays_close_to_bfloat16():
+    reference = tiny_pipeline().to(dtype=torch.bfloat16)
+    cast = tiny_pipeline().to(dtype=torch.bfloat16)
+    for model in (cast.transformer, cast.vae):
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    assert cast.transformer.structure_embed.weight.dtype == torch.float8_e4m3fn
+    expected, frames = generate(reference, [0, 2]), generate(cast, [0, 2])
+    assert np.isfinite(frames).all()
+    assert np.abs(frames - expected).mean() < 0.05, np.abs(frames - expected).mean()

@@ -20,6 +20,7 @@ from .data.export import decoded_to_frames, export_videos
 from .data.output_paths import ensure_writable_dir
 from .data.video_io import load_clip
 from .models.autoencoder_vidtwin import AutoencoderVidTwin
+from .pipelines import check_remote_code_shim
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -33,6 +34,9 @@ def _device(name: str | None) -> torch.device:
 
 
 def _load_pipeline(args) -> VidTwinPipeline:
+    # Loading through the class runs no code from the folder; the warning tells the user that the folder's
+    # remote-code shim (run by `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`) is not ours.
+    check_remote_code_shim(args.pipeline)
     pipe = VidTwinPipeline.from_pretrained(args.pipeline, dtype=DTYPES[args.dtype])
     return pipe.to(_device(args.device))
 

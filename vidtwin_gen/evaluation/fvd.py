@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from scipy import linalg
 from tqdm.auto import tqdm
 
-from ..data.ucf101 import class_to_caption, load_ucf101
+from ..data.ucf101 import class_to_caption, load_video_index
 from ..data.output_paths import ensure_writable_dir
 from ..data.video_io import VideoDecodeError, iter_clips, list_videos
 from .i3d import InceptionI3d, default_i3d_weights_path, load_i3d
@@ -337,7 +337,7 @@ def _load_pipeline(folder: str, device: torch.device):
 def _real_set(args) -> tuple:
     """(the UCF-101 table or None, real video paths, where they come from) for the report."""
     if args.data_root is not None:
-        real_table = load_ucf101(args.data_root, args.split, args.subset)
+        real_table = load_video_index(args.data_root, args.split, args.subset)
         source = {"data_root": str(Path(args.data_root).resolve()), "split": args.split, "subset": args.subset}
         return real_table, real_table["path"], source
     return None, [str(p) for p in list_videos(args.real_dir)], {"real_dir": str(Path(args.real_dir).resolve())}

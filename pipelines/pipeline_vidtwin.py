@@ -186,10 +186,10 @@ class VidTwinPipeline(DiffusionPipeline):
             config_dict["_class_name"] = cls.__name__
         return config
 
-    def save_pretrained(self, save_directory: str | os.PathLike, training_data: str | None = None, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, trained_on: str | None = None, **kwargs):
         """diffusers' `save_pretrained`, plus the remote-code shim and a README.md model card.
 
-        `training_data` (e.g. "UCF-101 train split 1") goes into the card; the rest is read from the components.
+        `trained_on` (e.g. "UCF-101 train split 1") goes into the card; the rest is read from the components.
         """
         super().save_pretrained(save_directory, **kwargs)
         save_directory = Path(save_directory)
@@ -198,9 +198,9 @@ class VidTwinPipeline(DiffusionPipeline):
         index = json.loads(index_path.read_text())
         index["_class_name"] = ["pipeline_vidtwin", "VidTwinPipeline"]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        self.model_card(save_directory, training_data).save(save_directory / "README.md")
+        self.model_card(save_directory, trained_on).save(save_directory / "README.md")
 
-    def model_card(self, save_directory: str | os.PathLike, training_data: str | None = None) -> ModelCard:
+    def model_card(self, save_directory: str | os.PathLike, trained_on: str | None = None) -> ModelCard:
         """The README.md card: diffusers metadata, the conditioning, training data, latent size and a usage snippet.
 
         An existing README.md in `save_directory` is kept (as diffusers' `push_to_hub` does) with the metadata
@@ -210,14 +210,14 @@ class VidTwinPipeline(DiffusionPipeline):
         if readme.is_file():
             card = load_or_create_model_card(str(readme), is_pipeline=True)
         else:
-            card = ModelCard.from_template(ModelCardData(), model_description=self._card_description(training_data))
+            card = ModelCard.from_template(ModelCardData(), model_description=self._card_description(trained_on))
         # Class names are text too (`pipe("RedSquareDrift")`), so both kinds are the text-to-video task.
         card.data.pipeline_tag = card.data.pipeline_tag or "text-to-video"
         conditioning = "text-conditional" if self.is_text_conditional else "class-conditional"
         tags = [tag for tag in ("vidtwin", "video-generation", conditioning) if tag not in (card.data.tags or [])]
         return populate_model_card(card, tags=tags)
 
-    def _card_description(self, training_data: str | None) -> str:
+    def _card_description(self, trained_on: str | None) -> str:
         if self.is_class_conditional:
             classes = ", ".join(self.config.id2label.values()) or f"{self.transformer.config.num_classes} unnamed ids"
             condition, call = f"class-conditional ({classes})", 'pipe(class_labels=["<class name>"], output_type="np")'
@@ -230,7 +230,7 @@ class VidTwinPipeline(DiffusionPipeline):
             f"- Latent: {self.latent_size} numbers per clip (structure {tuple(self.vae.structure_latent_shape)}, "
             f"dynamics {tuple(self.vae.dynamics_latent_shape)}), {self.transformer.num_tokens} tokens.\n"
             f"- Objective: {self.config.prediction_type}; scheduler {type(self.scheduler).__name__}.\n"
-            f"- Training data: {training_data or 'not recorded'}.\n\n"
+            f"- Training data: {trained_on or 'not recorded'}.\n\n"
             "```python\nfrom vidtwin_gen import VidTwinPipeline\n\n"
             'pipe = VidTwinPipeline.from_pretrained("<this folder>")  # runs no code from the folder\n'
             f"videos = {call}.frames\n```\n\n"

@@ -288,7 +288,7 @@ def card_metadata(folder) -> tuple[dict, str]:
 
 
 def test_model_card(pipe, text_pipe, tmp_path):
-    pipe.save_pretrained(tmp_path / "class", training_data="the embedded UCF-101-style set, train split 1")
+    pipe.save_pretrained(tmp_path / "class", trained_on="the embedded UCF-101-style set, train split 1")
     metadata, body = card_metadata(tmp_path / "class")
     assert metadata["library_name"] == "diffusers" and metadata["pipeline_tag"] == "text-to-video"
     assert {"vidtwin", "video-generation", "class-conditional"} <= set(metadata["tags"])

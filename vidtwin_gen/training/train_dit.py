@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.sync_gradients and progress.update({"loss": loss.detach(), "grad_norm": grad_norm}):
             batches.stop()
 
-    finish(accelerator, ema, denoiser, lambda folder: make_pipeline().save_pretrained(folder),
+    trained_on = f"latent cache {config.latent_cache}" if config.latent_cache else f"{config.data_root}, split {config.split}"
+    finish(accelerator, ema, denoiser, lambda folder: make_pipeline().save_pretrained(folder, trained_on=trained_on),
            Path(config.output_dir) / "pipeline", batches.num_skipped)
     return 0
 

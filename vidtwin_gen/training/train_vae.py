@@ -209,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.sync_gradients and progress.update(logs):
             batches.stop()
 
-    finish(accelerator, ema, unwrapped_vae, unwrapped_vae.save_pretrained, Path(config.output_dir) / "vae",
-           batches.num_skipped)
+    trained_on = f"{config.data_root}, split {config.split}, train subset"
+    finish(accelerator, ema, unwrapped_vae, partial(unwrapped_vae.save_pretrained, trained_on=trained_on),
+           Path(config.output_dir) / "vae", batches.num_skipped)
     return 0
 
 

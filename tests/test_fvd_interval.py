@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from vidtwin_gen.evaluation.fvd import _frechet_distance_eigh, feature_statistics, frechet_distance, fvd_bootstrap, fvd_from_features
+from vidtwin_gen.evaluation.fvd import (
+    _frechet_distance_eigh,
+    feature_statistics,
+    format_fvd_interval,
+    frechet_distance,
+    fvd_bootstrap,
+    fvd_from_features,
+)
 
 
 def gaussian_sets(n, dim=8, shift=0.5, seed=0):
@@ -25,6 +32,8 @@ def test_interval_contains_estimate_and_reports_counts():
     assert (out["num_real"], out["num_generated"], out["num_resamples"], out["confidence"]) == (400, 400, 200, 0.95)
     # Expected FVD here: 8 * 0.5^2 + 8 * (1.2 - 1)^2 = 2.32; the estimate and interval are near it.
     assert out["low"] < 2.32 * 1.5 and out["high"] > 2.32 * 0.7
+    line = format_fvd_interval(out)
+    assert line.startswith(f"FVD {out['fvd']:.1f} (95% interval {out['low']:.1f}-{out['high']:.1f}; 400 real vs 400 generated")
 
 
 def test_interval_narrows_with_more_samples_and_with_lower_confidence():

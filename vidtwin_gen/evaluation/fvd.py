@@ -182,6 +182,15 @@ def fvd_bootstrap(
     }
 
 
+def format_fvd_interval(result: dict) -> str:
+    """One line for an `fvd_bootstrap` result: "FVD 123.4 (95% interval 110.2-140.1; 48 real vs 48 generated;
+    bootstrap bias +30.2)", the form every printed FVD should take."""
+    return (
+        f"FVD {result['fvd']:.1f} ({result['confidence']:.0%} interval {result['low']:.1f}-{result['high']:.1f}; "
+        f"{result['num_real']} real vs {result['num_generated']} generated; bootstrap bias {result['bias']:+.1f})"
+    )
+
+
 # ------------------------------------------------------------------------------------------- features
 
 

@@ -151,7 +151,7 @@ def fit_class_probe(
         raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
     missing = sorted(set(range(num_classes)) - set(labels.tolist()))
     if missing:
-        logger.warning("no training features for classes %s: the probe never predicts them", [class_names[k] for k in missing])
+        logger.warning("no training features for classes %s: the probe will hardly ever predict them", [class_names[k] for k in missing])
 
     mean = features.mean(dim=0)
     std = features.std(dim=0, unbiased=False)

@@ -1,10 +1,11 @@
-"""Latent DiT cost per 16x224^2 clip: VidTwin joint latents vs a 4x8x8 video VAE under Latte.
+"""Latent DiT cost per 16x224^2 clip: VidTwin joint latents under token-layout presets vs a 4x8x8 VAE under Latte.
 
 Side by side, in one run, at the same width and the same number of transformer blocks:
 
-  ours       VidTwinTransformer3DModel on the paper VAE's latents: structure (4, 16, 7, 7) and dynamics
-             (8, 16, 14); patch 1 everywhere (the "paper" preset, 1,008 tokens) and patch 2 over space
-             (structure (1, 2, 2), dynamics (1, 2): 384 tokens).
+  ours       VidTwinTransformer3DModel on the paper VAE's latents, structure (4, 16, 7, 7) and dynamics
+             (8, 16, 14), under each token layout of LAYOUTS: a structure patch over (query, height, width)
+             and a dynamics patch over (time, position). "1x1x1/1x1" (patch 1 everywhere, 1,008 tokens) is the
+             model's default today.
   Latte      diffusers' LatteTransformer3DModel on a 16-channel 4x28x28 latent (a 4x8x8 VAE on 16x224^2),
              patch 2 (784 tokens, the usual setting) and patch 1 (3,136 tokens).
 
@@ -15,13 +16,19 @@ convention: 28 blocks = 14 spatial + 14 temporal). `--latte-layers` overrides th
 
 Figures per clip: tokens; forward GFLOPs (counted exactly on the meta device with
 torch.utils.flop_counter, attention through SDPA's math path, so they do not depend on the machine:
-sampling costs steps x forward, a training step about 3 x forward); forward+backward seconds of one
-training step (divided by the batch size); seconds to sample one video with `--steps` Euler steps (no
-guidance; guidance doubles both sides alike). Timings on a small or shared CPU are dominated by
-overheads and noise: there, trust the FLOP ratios, and time on a quiet machine or a GPU.
+a training step costs about 3 x forward); GFLOPs per video = steps x forward + one VAE decode (no
+guidance: guidance doubles the forward term on both sides alike). The decodes are counted the same way:
+ours is AutoencoderVidTwin.from_preset("paper"); Latte's yardstick is diffusers' AutoencoderKLWan at its
+defaults (Wan 2.1's 16-channel causal 4x8x8 VAE), decoding the same 16x4x28x28 latent into 13 frames,
+so its figure is a lower bound for 16. Timed (without --flops-only): forward+backward seconds of one
+training step (divided by the batch size) and seconds to sample one video with `--steps` Euler steps,
+plus, with --time-decode, the seconds of each VAE decode (random weights, full size). Timings on a small
+or shared CPU are dominated by overheads and noise: there, trust the FLOP ratios, and time on a quiet
+machine or a GPU.
 
     python benchmarks/bench_dit.py --flops-only                # paper size, FLOPs only: seconds on a CPU
     python benchmarks/bench_dit.py --quick                     # small width/depth, timed: a smoke run
+    python benchmarks/bench_dit.py --quick --layouts 1x1x1/1x1,2x2x2/2x2   # some layouts only
     python benchmarks/bench_dit.py --device cuda --dtype bf16  # the paper size (1152 wide, 18 blocks), timed
 """
 
@@ -30,17 +37,34 @@ import statistics
 import time
 
 import torch
-from diffusers import LatteTransformer3DModel
+from diffusers import AutoencoderKLWan, LatteTransformer3DModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from vidtwin_gen.models import AutoencoderVidTwin
 from vidtwin_gen.models.transformer_vidtwin import VidTwinTransformer3DModel
 
 VAE_CHANNELS, VAE_FRAMES, VAE_SIZE = 16, 4, 28  # 4x8x8 compression of 16x224^2
 
+# Token layouts: name -> (structure patch over (query, height, width), dynamics patch over (time, position)).
+# Tokens on the paper latents (structure 16x7x7, dynamics 16 frames x (7 + 7) positions) in brackets;
+# axes that do not divide (7 / 2) are zero-padded by the model.
+LAYOUTS = {
+    "1x1x1/1x1": ((1, 1, 1), (1, 1)),  # 784 + 224 = 1,008: today's default
+    "1x2x2/1x2": ((1, 2, 2), (1, 2)),  # 256 + 128 = 384: patch 2 over space, as Latte
+    "1x2x2/2x1": ((1, 2, 2), (2, 1)),  # 256 + 112 = 368: dynamics coarse in time, fine in position
+    "2x1x1/2x2": ((2, 1, 1), (2, 2)),  # 392 + 64 = 456: structure coarse over queries
+    "1x2x2/2x2": ((1, 2, 2), (2, 2)),  # 256 + 64 = 320
+    "2x2x2/2x1": ((2, 2, 2), (2, 1)),  # 128 + 112 = 240
+    "2x2x2/2x2": ((2, 2, 2), (2, 2)),  # 128 + 64 = 192
+    "4x1x1/4x1": ((4, 1, 1), (4, 1)),  # 196 + 56 = 252: coarse in time/queries only, full spatial detail
+    "4x2x2/4x2": ((4, 2, 2), (4, 2)),  # 64 + 32 = 96
+}
+
 
 class Ours:
-    def __init__(self, args, structure_patch, dynamics_patch):
+    def __init__(self, args, layout):
+        structure_patch, dynamics_patch = LAYOUTS[layout]
         self.model = VidTwinTransformer3DModel.from_preset(
             "paper", hidden_size=args.width, num_layers=args.depth, num_attention_heads=args.heads,
             text_embed_dim=args.text_dim, structure_patch_size=structure_patch, dynamics_patch_size=dynamics_patch,
@@ -48,7 +72,8 @@ class Ours:
         self.tokens = self.model.num_tokens
         self.blocks = args.depth
         self.text_length, self.text_dim = args.text_length, args.text_dim
-        self.name = f"ours, patch {structure_patch}/{dynamics_patch}"
+        self.name = f"ours {layout}"
+        self.vae = "ours"
 
     def noise(self, batch_size, device, dtype):
         return [torch.randn(batch_size, *shape, device=device, dtype=dtype)
@@ -72,12 +97,35 @@ class Latte:
         self.blocks = 2 * args.latte_layers
         self.text_length, self.text_dim = args.text_length, args.text_dim
         self.name = f"Latte, patch {patch}"
+        self.vae = "latte"
 
     def noise(self, batch_size, device, dtype):
         return [torch.randn(batch_size, VAE_CHANNELS, VAE_FRAMES, VAE_SIZE, VAE_SIZE, device=device, dtype=dtype)]
 
     def __call__(self, latents, timestep, states):
         return [self.model(latents[0], timestep, encoder_hidden_states=states).sample]
+
+
+class Decoder:
+    """One VAE decode per video: ours (the paper VAE) or Latte's 4x8x8 yardstick (Wan 2.1's VAE)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        if kind == "ours":
+            self.model, self.name = AutoencoderVidTwin.from_preset("paper"), "VAE decode, ours (paper)"
+        else:
+            self.model, self.name = AutoencoderKLWan(), "VAE decode, Wan 2.1 (4x8x8)"
+
+    def latent(self, device, dtype):
+        if self.kind == "ours":
+            return torch.randn(1, self.model.latent_size, device=device, dtype=dtype)
+        return torch.randn(1, VAE_CHANNELS, VAE_FRAMES, VAE_SIZE, VAE_SIZE, device=device, dtype=dtype)
+
+    def __call__(self, z, checked=True):
+        if self.kind == "ours" and not checked:
+            # decode() first checks that z is finite, which meta tensors (no values) cannot answer.
+            return self.model._decode(z, None, None)
+        return self.model.decode(z).sample
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -94,17 +142,37 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
+def count_flops(fn) -> int:
+    """FLOPs of `fn()`, run under the meta device (nothing is computed) with SDPA's math path counted."""
+    with torch.device("meta"), torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def measure_decoder(kind, args, device, dtype) -> dict:
+    with torch.device("meta"):
+        decoder = Decoder(kind)
+    row = {"name": decoder.name, "flops": count_flops(lambda: decoder(decoder.latent("meta", torch.float32), checked=False))}
+    if args.time_decode and not args.flops_only:
+        decoder = Decoder(kind)
+        model = decoder.model.to(device, dtype).eval()
+        z = decoder.latent(device, dtype)
+        with torch.no_grad():
+            row["decode"] = timed(lambda: decoder(z), device, 1)
+        model.to("cpu")
+    return row
+
+
 def measure(make, args, device, dtype) -> dict:
     # Sizes and FLOPs of one forward pass for one clip, on a meta-device copy (nothing is computed).
     with torch.device("meta"):
         candidate = make()
-        latents = candidate.noise(1, "meta", torch.float32)
-        states = torch.empty(1, candidate.text_length, candidate.text_dim)
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            candidate(latents, torch.full((1,), 500.0), states)
+    latents = candidate.noise(1, "meta", torch.float32)
+    states = torch.empty(1, candidate.text_length, candidate.text_dim, device="meta")
     row = {
-        "name": candidate.name, "tokens": candidate.tokens, "blocks": candidate.blocks,
-        "params": sum(p.numel() for p in candidate.model.parameters()), "flops": counter.get_total_flops(),
+        "name": candidate.name, "tokens": candidate.tokens, "blocks": candidate.blocks, "vae": candidate.vae,
+        "params": sum(p.numel() for p in candidate.model.parameters()),
+        "flops": count_flops(lambda: candidate(latents, torch.full((1,), 500.0), states)),
     }
     if args.flops_only:
         return row
@@ -153,6 +221,40 @@ def measure(make, args, device, dtype) -> dict:
     return row
 
 
+def print_table(rows, decoders, args, device) -> None:
+    for row in rows:
+        decoder = decoders[row["vae"]]
+        row["video_flops"] = args.steps * row["flops"] + decoder["flops"]
+        if "sample" in row:
+            row["video"] = row["sample"] + decoder.get("decode", 0.0)
+    yardstick = next(row for row in rows if row["name"] == "Latte, patch 2")
+    for row in rows:
+        row["fwd_ratio"] = yardstick["flops"] / row["flops"]
+        row["video_ratio"] = yardstick["video_flops"] / row["video_flops"]
+        if "video" in row:
+            row["time_ratio"] = yardstick["video"] / row["video"]
+
+    # (title, row key, scale, decimals); every column is 14 characters wide
+    columns = [("tokens", "tokens", 1, 0), ("blocks", "blocks", 1, 0), ("params M", "params", 1e-6, 1),
+               ("fwd GFLOP/clip", "flops", 1e-9, 1), ("GFLOP/video", "video_flops", 1e-9, 0),
+               ("Latte2/x fwd", "fwd_ratio", 1, 2), ("Latte2/x video", "video_ratio", 1, 2)]
+    if not args.flops_only:
+        columns += [("fwd+bwd s/clip", "train", 1, 4), ("sample s/video", "video", 1, 3), ("Latte2/x time", "time_ratio", 1, 2)]
+        if device.type == "cuda":
+            columns.append(("train GiB", "memory", 1, 2))
+    print(f"{'model':28s}" + "".join(f" {title:>14s}" for title, *_ in columns))
+    for row in rows:
+        cells = [f" {row[key] * scale:14.{decimals}f}" if row.get(key) is not None else f" {'-':>14s}"
+                 for _, key, scale, decimals in columns]
+        print(f"{row['name']:28s}" + "".join(cells))
+    for decoder in decoders.values():
+        timing = f", {decoder['decode']:.3f} s" if "decode" in decoder else ""
+        print(f"  {decoder['name']}: {decoder['flops'] / 1e9:.1f} GFLOP per video{timing}")
+    sampled = "sample s/video includes the VAE decode" if args.time_decode else "sample s/video is the denoiser only"
+    print(f"GFLOP/video = {args.steps} steps x fwd + its VAE decode (full size, whatever the width); Latte2/x: Latte patch 2's figure / the row's "
+          f"(above 1: the row is cheaper){'' if args.flops_only else '; ' + sampled}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_dit.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=1152)
@@ -160,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--latte-layers", type=int, default=None,
                         help="Latte num_layers, each a spatial+temporal pair (default depth // 2: same block count)")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS),
+                        help=f"comma-separated token layouts of ours (default: all of {', '.join(LAYOUTS)})")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps per video")
     parser.add_argument("--batch-size", type=int, default=2, help="clips per training step")
     parser.add_argument("--repeats", type=int, default=3, help="timed training steps (sampling: half as many)")
@@ -170,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--quick", action="store_true", help="width 256, depth 4, 4 heads, 5 steps, 2 repeats")
     parser.add_argument("--flops-only", action="store_true", help="count tokens, parameters and FLOPs; time nothing")
+    parser.add_argument("--time-decode", action="store_true",
+                        help="also time both full-size VAE decodes (a CPU takes tens of seconds for Wan's)")
     args = parser.parse_args(argv)
     if args.quick:
         args.width, args.depth, args.heads, args.steps, args.repeats = 256, 4, 4, 5, 2
@@ -177,42 +283,21 @@ def main(argv: list[str] | None = None) -> int:
         args.latte_layers = max(1, args.depth // 2)
     if args.width % args.heads or args.width % 16:
         parser.error("--width must be divisible by 16 and by --heads")
+    layouts = [name.strip() for name in args.layouts.split(",") if name.strip()]
+    unknown = [name for name in layouts if name not in LAYOUTS]
+    if unknown or not layouts:
+        parser.error(f"--layouts: unknown {unknown}; choose from {', '.join(LAYOUTS)}")
     device, dtype = torch.device(args.device), {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
 
     timing = "" if args.flops_only else (
-        f" | batch {args.batch_size}, {args.steps} sampling steps | {device.type} {args.dtype}, "
-        f"{torch.get_num_threads()} threads"
+        f" | batch {args.batch_size} | {device.type} {args.dtype}, {torch.get_num_threads()} threads"
     )
     print(f"16x224^2 clips | width {args.width}, ours {args.depth} blocks, Latte {args.latte_layers} "
-          f"spatial+temporal pairs{timing}")
-    ours_p1 = measure(lambda: Ours(args, (1, 1, 1), (1, 1)), args, device, dtype)
-    ours_p2 = measure(lambda: Ours(args, (1, 2, 2), (1, 2)), args, device, dtype)
-    latte_p2 = measure(lambda: Latte(args, 2), args, device, dtype)
-    latte_p1 = measure(lambda: Latte(args, 1), args, device, dtype)
-
-    # (title, row key, scale, decimals); every column is 14 characters wide
-    columns = [("tokens", "tokens", 1, 0), ("blocks", "blocks", 1, 0), ("params M", "params", 1e-6, 1),
-               ("fwd GFLOP/clip", "flops", 1e-9, 1)]
-    if not args.flops_only:
-        columns += [("fwd+bwd s/clip", "train", 1, 4), ("sample s/video", "sample", 1, 3)]
-        if device.type == "cuda":
-            columns.append(("train GiB", "memory", 1, 2))
-    print(f"{'model':28s}" + "".join(f" {title:>14s}" for title, *_ in columns))
-    for row in (ours_p1, ours_p2, latte_p2, latte_p1):
-        cells = [f" {row[key] * scale:14.{decimals}f}" for _, key, scale, decimals in columns]
-        print(f"{row['name']:28s}" + "".join(cells))
-
-    ratios = [("tokens", "tokens"), ("fwd FLOPs", "flops")]
-    if not args.flops_only:
-        ratios += [("fwd+bwd s", "train"), ("sampling s", "sample")]
-    print(f"{'ratios, Latte / ours (above 1: ours is cheaper)':60s}" + "".join(f" {title:>14s}" for title, _ in ratios))
-    for label, latte, ours in (
-        ("same patch 1", latte_p1, ours_p1),
-        ("same patch 2 over space", latte_p2, ours_p2),
-        ("Latte patch 2 vs our paper preset", latte_p2, ours_p1),
-    ):
-        label = f"  {label} ({latte['tokens']} vs {ours['tokens']} tokens)"
-        print(f"{label:60s}" + "".join(f" {latte[key] / ours[key]:14.2f}" for _, key in ratios))
+          f"spatial+temporal pairs | {args.steps} sampling steps{timing}")
+    rows = [measure(lambda: Ours(args, layout), args, device, dtype) for layout in layouts]
+    rows += [measure(lambda: Latte(args, patch), args, device, dtype) for patch in (2, 1)]
+    decoders = {kind: measure_decoder(kind, args, device, dtype) for kind in ("ours", "latte")}
+    print_table(rows, decoders, args, device)
     return 0
 
 

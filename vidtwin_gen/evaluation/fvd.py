@@ -111,6 +111,86 @@ def fvd_from_features(real_features: np.ndarray, generated_features: np.ndarray)
     return frechet_distance(*feature_statistics(real_features), *feature_statistics(generated_features))
 
 
+def _frechet_distance_eigh(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """`frechet_distance` through Tr (S1 S2)^(1/2) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2))): two symmetric
+    eigendecompositions, ~20x faster than sqrtm at D = 400 (which matters for hundreds of bootstrap resamples);
+    the two agree to ~1e-8 relative on well-conditioned covariances (tests/test_fvd.py)."""
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+
+
+def fvd_bootstrap(
+    real_features: np.ndarray,
+    generated_features: np.ndarray,
+    num_resamples: int = 100,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """FVD of two (N, D) feature sets with a bootstrap interval for its sampling spread.
+
+    Each of `num_resamples` resamples draws both sets with replacement (same sizes) and recomputes FVD.
+    `fvd` is the plain estimate (`fvd_from_features`), the figure to report and compare; `low` and `high`
+    bound how much it moves with another draw of the same number of clips.
+
+    FVD is biased upward for small samples: noise in the estimated covariances adds to the distance (with
+    isotropic 400-d features the bias exceeds the true distance at 2,048 clips). A resample repeats clips, so
+    it is effectively smaller still, and its FVDs run higher than the estimate by about that bias again: the
+    raw percentile interval of the resamples would sit above `fvd`, often excluding it. So the interval is
+    the resamples' (1 - confidence) / 2 and (1 + confidence) / 2 quantiles shifted by their mean's excess
+    over `fvd` (the bootstrap estimate of the bias, returned as `bias`): it is centred on `fvd` and
+    describes sampling spread only, not the bias. A `bias` comparable to `fvd` says the figure is dominated
+    by the sample count; figures computed with different clip counts are not comparable, however narrow
+    their intervals.
+
+    Cost: one covariance and two D x D eigendecompositions per resample (~0.1-0.2 s at D = 400 on 2 cores).
+
+    Returns:
+        {"fvd", "low", "high", "bias", "confidence", "num_real", "num_generated", "num_resamples"}.
+    """
+    real = np.asarray(real_features, dtype=np.float64)
+    generated = np.asarray(generated_features, dtype=np.float64)
+    for name, features in (("real_features", real), ("generated_features", generated)):
+        if features.ndim != 2 or features.shape[0] < 2:
+            raise ValueError(f"{name} must be (N >= 2, D): a covariance needs two samples, got shape {features.shape}")
+    if real.shape[1] != generated.shape[1]:
+        raise ValueError(f"real and generated features differ in dimension: {real.shape[1]} vs {generated.shape[1]}")
+    if num_resamples < 2:
+        raise ValueError(f"num_resamples must be >= 2 (an interval needs a spread), got {num_resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), e.g. 0.95, got {confidence}")
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(num_resamples)
+    for i in range(num_resamples):
+        real_draw = real[rng.integers(0, len(real), len(real))]
+        generated_draw = generated[rng.integers(0, len(generated), len(generated))]
+        replicates[i] = _frechet_distance_eigh(*feature_statistics(real_draw), *feature_statistics(generated_draw))
+    fvd = fvd_from_features(real, generated)
+    bias = float(replicates.mean() - fvd)
+    low, high = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2]) - bias
+    return {
+        "fvd": fvd,
+        "low": max(float(low), 0.0),  # a distance: the shift can push the quantile below zero
+        "high": float(high),
+        "bias": bias,
+        "confidence": confidence,
+        "num_real": len(real),
+        "num_generated": len(generated),
+        "num_resamples": num_resamples,
+    }
+
+
+def format_fvd_interval(result: dict) -> str:
+    """One line for an `fvd_bootstrap` result: "FVD 123.4 (95% interval 110.2-140.1; 48 real vs 48 generated;
+    bootstrap bias +30.2)", the form every printed FVD should take."""
+    return (
+        f"FVD {result['fvd']:.1f} ({result['confidence']:.0%} interval {result['low']:.1f}-{result['high']:.1f}; "
+        f"{result['num_real']} real vs {result['num_generated']} generated; bootstrap bias {result['bias']:+.1f})"
+    )
+
+
 # ------------------------------------------------------------------------------------------- features
 
 

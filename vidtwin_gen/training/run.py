@@ -100,6 +100,7 @@ def start_run(config: RunConfig) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    check_fsdp_state_dict_type(accelerator)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # Accelerate logs every file of every checkpoint at INFO; one line per checkpoint says enough.
     for name in ("accelerate.checkpointing", "accelerate.accelerator"):
@@ -178,6 +179,20 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, num_p
 
 def is_fsdp(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
+
+
+def check_fsdp_state_dict_type(accelerator: Accelerator) -> None:
+    """Under FSDP, checkpoints must be FULL_STATE_DICT: accelerate reads those with torch.load(weights_only=True),
+    whereas a sharded checkpoint's distributed-checkpoint `.metadata` is read with plain pickle.load."""
+    if not is_fsdp(accelerator):
+        return
+    state_dict_type = accelerator.state.fsdp_plugin.state_dict_type
+    if getattr(state_dict_type, "name", str(state_dict_type)) != "FULL_STATE_DICT":
+        raise ValueError(
+            f"fsdp_state_dict_type {getattr(state_dict_type, 'name', state_dict_type)}: resuming a sharded checkpoint "
+            "would unpickle its .metadata with plain pickle (it can run code); set fsdp_state_dict_type: "
+            "FULL_STATE_DICT in the accelerate config (train_configs/accelerate/fsdp.yaml does)"
+        )
 
 
 def model_class(model: torch.nn.Module) -> type:

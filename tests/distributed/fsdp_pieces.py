@@ -13,7 +13,7 @@ import tempfile
 from types import SimpleNamespace
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from diffusers.training_utils import EMAModel
 from torch.distributed.tensor import DTensor
@@ -54,11 +54,11 @@ def train(model, optimizer, ema, data, backward):
 
 
 def force_fsdp(accelerator: Accelerator) -> None:
-    """Make the shared state FSDP2 (again: `prepare` leaves it MULTI_CPU)."""
-    accelerator.state.distributed_type = DistributedType.FSDP
-    if getattr(accelerator.state, "fsdp_plugin", None) is None:
-        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
-            fsdp_version=2, auto_wrap_policy="NO_WRAP", state_dict_type="FULL_STATE_DICT")
+    """Make the shared state FSDP2, as AcceleratorState does on GPUs: in its own state and in PartialState's, which
+    every later `AcceleratorState()` copies back into its own."""
+    accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="NO_WRAP", state_dict_type="FULL_STATE_DICT")
 
 
 def main(result_path: str) -> None:
@@ -77,7 +77,6 @@ def main(result_path: str) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model, optimizer = accelerator.prepare(model, optimizer)
     sharded = all(isinstance(p, DTensor) for p in model.parameters())
-    force_fsdp(accelerator)
     ema = make_ema(accelerator, model, config)
     train(model, optimizer, ema, data, accelerator.backward)
 

@@ -1,5 +1,7 @@
 """Helpers shared by several test files (imported as `helpers`: pytest puts tests/ on sys.path)."""
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -17,11 +19,17 @@ def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torc
     return model
 
 
-def kill_when_written(command: list[str], path: Path, timeout: float = 300) -> None:
-    """Run `command` and SIGKILL it as soon as `path` exists (or it exits, or `timeout` passes)."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_when_written(command: list[str], path: Path, timeout: float = 300, env: dict | None = None) -> None:
+    """Run `command` and SIGKILL it as soon as `path` exists (or it exits, or `timeout` passes).
+
+    The command runs in its own process group and the whole group is killed, so the workers of a launcher
+    (`accelerate launch`) die with it.
+    """
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                               start_new_session=True)
     deadline = time.monotonic() + timeout
     while not path.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(process.pid, signal.SIGKILL)
     process.wait()

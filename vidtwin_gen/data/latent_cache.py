@@ -18,6 +18,15 @@ spread (`clips_per_video` > 1) and centre-cropped. Work is done in shards, each 
 and renamed when complete, so an interrupted run continues where it stopped when rerun with the same
 arguments and never duplicates rows. Unreadable videos are skipped, logged and counted (manifest
 "num_skipped").
+
+Several processes share the work when launched with Accelerate (same arguments as `encode-dataset`):
+
+    accelerate launch --num_processes 8 -m vidtwin_gen.data.latent_cache --vae VAE_DIR --data-root DATA --output-dir CACHE
+
+Process r encodes the shards whose number is r modulo the process count, each on its own device, and writes them
+itself; the shards are numbered as in a one-process run, so the rows (and their order) are the same, and a rerun
+with any process count continues whatever shards are missing. Only after every process is done (a barrier) does
+the main process concatenate the shards, compute the statistics over all rows, and mark the manifest complete.
 """
 
 import argparse
@@ -32,6 +41,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from torch.utils.data import DataLoader, Subset
 
 from ..models import AutoencoderVidTwin
@@ -157,16 +168,19 @@ def _start_manifest(output_dir: Path, manifest: dict) -> bool:
 
 
 def _encode_missing_shards(vae, clips: UCF101Clips, shards_dir: Path, shard_size: int, batch_size: int,
-                           num_workers: int, device: torch.device) -> int:
-    """Encode every shard not yet on disk, each written to a temporary folder and renamed once complete."""
-    shards_dir.mkdir(exist_ok=True)
-    for stale in shards_dir.glob(".tmp-*"):  # left by an interrupted run
-        shutil.rmtree(stale)
+                           num_workers: int, device: torch.device, process_index: int = 0, num_processes: int = 1) -> int:
+    """Encode every shard of this process (number modulo `num_processes`) not yet on disk, each written to a
+    temporary folder and renamed once complete; returns the number of shards of the whole cache."""
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    mine = lambda shard: shard % num_processes == process_index  # noqa: E731
+    for stale in shards_dir.glob(".tmp-shard-*"):  # left by an interrupted run of this process
+        if mine(int(stale.name.rsplit("-", 1)[1])):
+            shutil.rmtree(stale)
     features = _features(vae, clips.class_names)
     num_shards = -(-len(clips) // shard_size)
     for shard in range(num_shards):
         final = shards_dir / f"shard-{shard:05d}"
-        if final.is_dir():
+        if not mine(shard) or final.is_dir():
             continue
         indices = list(range(shard * shard_size, min(len(clips), (shard + 1) * shard_size)))
         columns, skipped = _encode_shard(vae, clips, indices, batch_size, num_workers, device)
@@ -208,6 +222,7 @@ def encode_dataset(
     device=None,
     num_workers: int = 0,
     shard_size: int = 256,
+    distributed: PartialState | None = None,
 ) -> Path:
     """Encode one split of a UCF-101-layout data set into a latent cache (see the module docstring).
 
@@ -223,6 +238,8 @@ def encode_dataset(
             CUDA if available for a model read from a folder.
         num_workers: DataLoader workers decoding videos.
         shard_size: clips per shard, the unit of restart.
+        distributed: Accelerate's `PartialState()` of a multi-process launch: this process encodes its share of
+            the shards (see the module docstring); every process must call this function with the same arguments.
 
     Returns:
         `output_dir`, to give `load_latent_cache`.
@@ -240,13 +257,35 @@ def encode_dataset(
         "sample_shape": list(vae.sample_shape), "vae_fingerprint": vae_fingerprint(vae), "vae_path": vae_path,
         "class_names": clips.class_names, "complete": False,
     }
-    if _start_manifest(output_dir, manifest):
+    state = distributed if distributed is not None and distributed.num_processes > 1 else None
+    complete = _start_manifest(output_dir, manifest) if state is None or state.is_main_process else None
+    if state is not None:  # the others wait until the main process has checked (and written) the manifest
+        state.wait_for_everyone()
+        complete = json.loads((output_dir / MANIFEST).read_text()).get("complete", False)
+    if complete:
         logger.info("latent cache %s is already complete", output_dir)
         return output_dir
 
     shards_dir = output_dir / SHARDS_DIR
-    num_shards = _encode_missing_shards(vae, clips, shards_dir, shard_size, batch_size, num_workers, vae.device)
-    source = f"{len(clips)} clips of {data_root} split {split} {subset}"
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    num_shards = _encode_missing_shards(vae, clips, shards_dir, shard_size, batch_size, num_workers, vae.device,
+                                        rank, world)
+    if state is not None:  # the statistics need every row: wait for the other processes' shards
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            state.wait_for_everyone()  # until the main process has finished the cache
+            return output_dir
+    _finish_cache(vae, clips, manifest, shards_dir, num_shards, output_dir, f"{len(clips)} clips of {data_root} "
+                  f"split {split} {subset}")
+    if state is not None:
+        state.wait_for_everyone()
+    return output_dir
+
+
+def _finish_cache(vae, clips: UCF101Clips, manifest: dict, shards_dir: Path, num_shards: int, output_dir: Path,
+                  source: str) -> None:
+    """Concatenate the shards, compute the statistics over all rows, write the config and mark the cache complete."""
+    data_root = manifest["data_root"]
     stored, num_skipped = _assemble_shards(shards_dir, num_shards, output_dir, source)
     # The statistics come from what was stored, so they describe exactly the rows the generator reads.
     stats = {part: _channel_stats(stored, f"{part}_mean") for part in PARTS}
@@ -258,7 +297,6 @@ def encode_dataset(
     if num_skipped:
         logger.warning("skipped %d unreadable videos of %d clips in %s", num_skipped, len(clips), data_root)
     logger.info("latent cache %s: %d clips, %d skipped", output_dir, len(stored), num_skipped)
-    return output_dir
 
 
 def load_latent_cache(path) -> LatentCache:
@@ -296,13 +334,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     datasets.disable_progress_bars()  # one bar per shard save is noise; the log reports each shard
+    # Under `accelerate launch` (several processes) each encodes its share on its own device.
+    # PartialState reads ACCELERATE_USE_CPU only when asked (the Accelerator does it for the trainers).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    if state is not None and state.num_processes != int(os.environ["WORLD_SIZE"]):  # all would write the same shards
+        parser.error(f"launched as {os.environ['WORLD_SIZE']} processes but Accelerate sees {state.num_processes}: on CPU "
+                     "set ACCELERATE_USE_CPU=1 (see `accelerate launch --help`)")
+    device = args.device if args.device is not None or state is None else state.device
     try:
         output = encode_dataset(args.vae, args.data_root, args.output_dir, split=args.split, subset=args.subset,
                                 batch_size=args.batch_size, target_fps=args.target_fps or None,
-                                clips_per_video=args.clips_per_video, device=args.device, num_workers=args.num_workers,
-                                shard_size=args.shard_size)
+                                clips_per_video=args.clips_per_video, device=device, num_workers=args.num_workers,
+                                shard_size=args.shard_size, distributed=state)
     except (ValueError, OSError) as error:  # bad settings, wrong data root, unreadable VAE folder
         parser.error(str(error))
+    if state is not None and not state.is_main_process:
+        return 0
     manifest = json.loads((output / MANIFEST).read_text())
     print(f"latent cache {output}: {manifest['num_rows']} clips, {manifest['num_skipped']} unreadable videos skipped")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,6 +10,13 @@ and reads its other files (optimizer.bin, scheduler.bin, sampler.bin, random_sta
 (the EMA weights, the VAE loss's log-variance) is written by `save_training_state` as
 `training_state.safetensors` (tensors) + `training_state.json` (everything else), and a checkpoint that holds
 a `custom_checkpoint_*.pkl` is refused before accelerate sees it.
+
+Under FSDP accelerate writes the model and optimizer as whole state dicts (`pytorch_model_fsdp.bin`,
+`optimizer.bin`, gathered on the main process and read with `torch.load(weights_only=True)`): the trainers
+require FULL_STATE_DICT (run.check_fsdp_state_dict_type), because a sharded checkpoint's distributed-checkpoint
+`.metadata` is read by torch with plain `pickle.load`, and `check_loadable` refuses one. The training state's DTensor shards
+(the EMA over each process's shards) are gathered to whole tensors before the main process writes them; a resume
+reads the whole tensors and keeps this process's shard of each (`load_training_state`).
 """
 
 import json
@@ -61,8 +68,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
-    if accelerator.is_main_process and training_state:
-        save_training_state(partial, training_state)
+    if training_state:
+        whole = gather_training_state(training_state)  # a collective under FSDP: every process takes part
+        if accelerator.is_main_process:
+            save_training_state(partial, whole)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # the same step saved again after a resume: replace it
@@ -144,11 +153,35 @@ def _join_state(skeleton: dict, tensors: dict[str, torch.Tensor]) -> Any:
     return content
 
 
+def gather_dtensors(value: Any) -> Any:
+    """`value` (a state dict) with every DTensor replaced by its full tensor (a collective: all processes call it)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, DTensor):
+        return value.full_tensor()
+    if isinstance(value, dict):
+        return {key: gather_dtensors(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [gather_dtensors(item) for item in value]
+    return value
+
+
+def gather_training_state(objects: dict) -> dict:
+    """name -> state (a tensor, or the object's `state_dict()`) with FSDP's DTensor shards gathered to whole tensors.
+
+    Every process must call it (under FSDP it communicates); without DTensors it only reads the states.
+    """
+    return {name: gather_dtensors(obj.detach() if isinstance(obj, torch.Tensor) else obj.state_dict())
+            for name, obj in objects.items()}
+
+
 def save_training_state(folder: str | Path, objects: dict) -> None:
-    """Write `objects` (name -> tensor, or object with `state_dict()`) as safetensors + JSON into `folder`."""
+    """Write `objects` (name -> tensor, object with `state_dict()`, or a state dict from `gather_training_state`)
+    as safetensors + JSON into `folder`."""
     tensors: dict[str, torch.Tensor] = {}
-    skeleton = {name: _split_state(obj.detach() if isinstance(obj, torch.Tensor) else obj.state_dict(), name, tensors)
-                for name, obj in objects.items()}
+    states = {name: obj.detach() if isinstance(obj, torch.Tensor) else obj if isinstance(obj, dict) else obj.state_dict()
+              for name, obj in objects.items()}
+    skeleton = {name: _split_state(state, name, tensors) for name, state in states.items()}
     save_file(tensors, str(Path(folder) / TRAINING_STATE_TENSORS))
     (Path(folder) / TRAINING_STATE_JSON).write_text(json.dumps(skeleton))
 
@@ -172,7 +205,20 @@ def load_training_state(folder: str | Path, objects: dict) -> None:
             with torch.no_grad():
                 obj.copy_(state)
         else:
+            sharded = list(getattr(obj, "shadow_params", []))  # an EMA over FSDP shards (see run.py)
             obj.load_state_dict(state)
+            if sharded:
+                obj.shadow_params = [_shard_like(whole, like) for whole, like in zip(obj.shadow_params, sharded)]
+
+
+def _shard_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`whole` laid out as `like`: this process's shard when `like` is a DTensor (no communication), else itself."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor):
+        return whole
+    whole = whole.to(device=like.device, dtype=like.dtype)
+    return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
 
 
 def check_loadable(checkpoint: Path, process_index: int) -> None:
@@ -187,6 +233,13 @@ def check_loadable(checkpoint: Path, process_index: int) -> None:
             f"checkpoint {checkpoint} holds {', '.join(pickles)}: accelerate would unpickle it with "
             "weights_only=False, which can run arbitrary code, so it is not loaded. This version keeps its own state "
             f"in {TRAINING_STATE_TENSORS}; resume from a checkpoint written by it (or delete the file if you wrote it)"
+        )
+    metadata = sorted(str(p.relative_to(checkpoint)) for p in checkpoint.glob("*/.metadata"))
+    if metadata:
+        raise ValueError(
+            f"checkpoint {checkpoint} holds sharded (distributed-checkpoint) state ({', '.join(metadata)}) whose "
+            ".metadata torch reads with plain pickle.load, which can run arbitrary code, so it is not loaded; train "
+            "with fsdp_state_dict_type: FULL_STATE_DICT (train_configs/accelerate/fsdp.yaml)"
         )
     random_states = checkpoint / f"random_states_{process_index}.pkl"
     if not random_states.is_file():  # written by fewer processes: accelerate leaves this one's stream as seeded

@@ -8,6 +8,7 @@ A trainer reads like DiT's `train.py`:
     global_step, epochs, batches_to_skip = resume(accelerator, config, len(loader), training_state)
     batches = TrainingBatches(accelerator, loader, epochs, batches_to_skip)
     progress = Progress(accelerator, config, global_step, model, ema, lr_scheduler, validate, name, training_state)
+                                               # validate(whole_model, step) on the main process
     for batch in batches:                      # epochs, resume skip, empty-batch vote, skip report
         with accelerator.accumulate(model):
             loss = ...                         # the stage's objective
@@ -15,7 +16,15 @@ A trainer reads like DiT's `train.py`:
             optimizer_step(accelerator, parameters, optimizer, lr_scheduler, config.max_grad_norm)
         if accelerator.sync_gradients and progress.update(logs):   # EMA, logs, checkpoint, validation
             batches.stop()
-    finish(accelerator, ema, model, save, destination, batches.num_skipped)
+    finish(accelerator, ema, model, save, destination, batches.num_skipped)   # save(whole_model, folder)
+
+FSDP (accelerate's FSDP2, `train_configs/accelerate/fsdp.yaml`): the prepared model's parameters are DTensor
+shards. The EMA is made after `prepare` (`make_ema(accelerator, model, config)`), so under FSDP it holds an EMA
+of this process's shards only: its update is elementwise, so it needs no communication and 1/N of the memory of a
+full copy. Whatever needs whole weights (validation, sampling, the export) goes through `whole_model`, which
+swaps the EMA in on every process, gathers a full state dict (`accelerator.get_state_dict`, a collective) and
+loads it into an unsharded copy on the main process; checkpoints gather the EMA the same way
+(`checkpointing.save_checkpoint`) and a resume shards it again (`checkpointing.load_training_state`).
 """
 
 import contextlib
@@ -32,7 +41,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -41,6 +50,7 @@ from ..data.output_paths import ensure_writable_dir
 from .checkpointing import (
     check_loadable,
     checkpoint_step,
+    gather_dtensors,
     list_checkpoints,
     load_training_state,
     replace_directory,
@@ -90,6 +100,7 @@ def start_run(config: RunConfig) -> Accelerator:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    check_fsdp_state_dict_type(accelerator)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # Accelerate logs every file of every checkpoint at INFO; one line per checkpoint says enough.
     for name in ("accelerate.checkpointing", "accelerate.accelerator"):
@@ -166,11 +177,73 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, num_p
     return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
-def make_ema(model: torch.nn.Module, config: RunConfig) -> EMAModel | None:
-    """An EMA of `model`'s weights when `config.use_ema` (saved in the model's own class and config)."""
+def is_fsdp(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def check_fsdp_state_dict_type(accelerator: Accelerator) -> None:
+    """Under FSDP, checkpoints must be FULL_STATE_DICT: accelerate reads those with torch.load(weights_only=True),
+    whereas a sharded checkpoint's distributed-checkpoint `.metadata` is read with plain pickle.load."""
+    if not is_fsdp(accelerator):
+        return
+    state_dict_type = accelerator.state.fsdp_plugin.state_dict_type
+    if getattr(state_dict_type, "name", str(state_dict_type)) != "FULL_STATE_DICT":
+        raise ValueError(
+            f"fsdp_state_dict_type {getattr(state_dict_type, 'name', state_dict_type)}: resuming a sharded checkpoint "
+            "would unpickle its .metadata with plain pickle (it can run code); set fsdp_state_dict_type: "
+            "FULL_STATE_DICT in the accelerate config (train_configs/accelerate/fsdp.yaml does)"
+        )
+
+
+def model_class(model: torch.nn.Module) -> type:
+    """The model's own class: FSDP2's `fully_shard` swaps in a subclass `FSDP<Class>` of (FSDPModule, Class)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+
+
+def make_ema(accelerator: Accelerator, model: torch.nn.Module, config: RunConfig) -> EMAModel | None:
+    """An EMA of the prepared `model`'s weights when `config.use_ema`, on the model's device.
+
+    Made after `accelerator.prepare`: under FSDP it follows this process's shards (see the module docstring).
+    """
     if not config.use_ema:
         return None
-    return EMAModel(model.parameters(), decay=config.ema_decay, model_cls=type(model), model_config=model.config)
+    unwrapped = accelerator.unwrap_model(model)
+    ema = EMAModel(unwrapped.parameters(), decay=config.ema_decay, model_cls=model_class(unwrapped),
+                   model_config=unwrapped.config)
+    ema.to(accelerator.device)
+    return ema
+
+
+@contextlib.contextmanager
+def whole_model(accelerator: Accelerator, model: torch.nn.Module, ema: EMAModel | None):
+    """On the main process, the prepared `model` as one whole module holding its EMA weights (None elsewhere).
+
+    Every process must enter it. Without FSDP that is the unwrapped model itself (its own weights come back
+    after the block). Under FSDP a full state dict is gathered onto the main process, its parameters replaced by
+    the gathered EMA shards, and an unsharded copy (on the main process's device) is built from it; the sharded
+    model is not touched (EMAModel.store would move DTensors to the CPU).
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    if not is_fsdp(accelerator):
+        if not accelerator.is_main_process:
+            yield None
+            return
+        with ema_weights(ema, unwrapped):
+            yield unwrapped
+        return
+    state = accelerator.get_state_dict(model)  # a collective: full tensors on the main process
+    if ema is not None:  # EMAModel keeps `parameters()` order
+        averaged = gather_dtensors(list(ema.shadow_params))  # a collective too
+        state.update({name: value.cpu() for (name, _), value in zip(unwrapped.named_parameters(), averaged)})
+    if not accelerator.is_main_process:
+        yield None
+        return
+    copy = model_class(unwrapped).from_config(unwrapped.config)
+    copy.load_state_dict(state)
+    copy.to(accelerator.device).train(unwrapped.training)
+    yield copy
 
 
 def resume(accelerator: Accelerator, config: RunConfig, batches_per_epoch: int,
@@ -301,6 +374,8 @@ def optimizer_step(accelerator: Accelerator, parameters: Iterable[torch.nn.Param
         # With an infinite bound the gradients are scaled by exactly 1: the norm is measured, nothing is clipped.
         bound = float("inf") if max_grad_norm is None else max_grad_norm
         grad_norm = accelerator.clip_grad_norm_(parameters, bound)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
     optimizer.step()
     lr_scheduler.step()
     optimizer.zero_grad()
@@ -311,16 +386,17 @@ class Progress:
     """What happens after each optimizer update: the step count, the EMA, logs, the time limit, checkpoints,
     and validation under the EMA weights. `update` says when the run should stop.
 
-    `validate(step)` runs on the main process only, with the model holding its EMA weights; it returns
-    metrics to log (or None). `model` is the prepared model (the one the optimizer updates); `training_state`
+    `validate(whole_model, step)` runs on the main process only, with a whole model holding the EMA weights
+    (see `whole_model`); it returns metrics to log (or None). `model` is the prepared model (the one the
+    optimizer updates); `training_state`
     goes into each checkpoint beside accelerate's files (see `checkpointing.save_training_state`).
     """
 
     def __init__(self, accelerator: Accelerator, config: RunConfig, global_step: int, model: torch.nn.Module,
-                 ema: EMAModel | None, lr_scheduler, validate: Callable[[int], dict | None], name: str,
+                 ema: EMAModel | None, lr_scheduler, validate: Callable[[torch.nn.Module, int], dict | None], name: str,
                  training_state: dict | None = None):
         self.accelerator, self.config, self.global_step = accelerator, config, global_step
-        self.model, self.unwrapped, self.ema = model, accelerator.unwrap_model(model), ema
+        self.model, self.ema = model, ema
         self.lr_scheduler, self.validate, self.training_state = lr_scheduler, validate, training_state
         self.started = time.monotonic()
         accelerator.init_trackers(name, config={k: str(v) for k, v in vars(config).items()})
@@ -344,9 +420,9 @@ class Progress:
         if step % config.checkpointing_steps == 0 or finished:
             save_checkpoint(accelerator, config.output_dir, step, config.checkpoints_total_limit, self.training_state)
         if step % config.validation_steps == 0 or finished:
+            with whole_model(accelerator, self.model, self.ema) as model:
+                metrics = self.validate(model, step) if accelerator.is_main_process else None
             if accelerator.is_main_process:
-                with ema_weights(self.ema, self.unwrapped):
-                    metrics = self.validate(step)
                 if metrics:
                     accelerator.log(metrics, step=step)
                     logger.info("step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
@@ -367,13 +443,15 @@ def log_images(accelerator: Accelerator, images: dict[str, np.ndarray], step: in
         # Other trackers take scalars only here: their images are the videos written to the run folder.
 
 
-def finish(accelerator: Accelerator, ema: EMAModel | None, model: torch.nn.Module, save: Callable[[Path], None],
-           destination: Path, num_skipped: int) -> None:
-    """Export the trained model (its EMA weights when there is an EMA) with `save(folder)`, atomically."""
+def finish(accelerator: Accelerator, ema: EMAModel | None, model: torch.nn.Module,
+           save: Callable[[torch.nn.Module, Path], None], destination: Path, num_skipped: int) -> None:
+    """Export the prepared `model` (its EMA weights when there is an EMA) with `save(whole_model, folder)`, atomically.
+
+    """
     accelerator.wait_for_everyone()
+    with whole_model(accelerator, model, ema) as whole:
+        if accelerator.is_main_process:
+            export(partial(save, whole), destination)
     if accelerator.is_main_process:
-        if ema is not None:
-            ema.copy_to(model.parameters())
-        export(save, destination)
         logger.info("saved %s (%d unreadable video(s) skipped in total)", destination, num_skipped)
     accelerator.end_training()

@@ -16,7 +16,6 @@ with `VidTwinPipeline.from_pretrained` or `DiffusionPipeline.from_pretrained`. T
 import importlib.util
 import json
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -276,20 +275,20 @@ def main(argv: list[str] | None = None) -> int:
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     noise_schedule, sampling_scheduler = build_schedulers(config)
-    ema = make_ema(transformer, config)
     optimizer = make_optimizer(transformer.parameters(), config)
     lr_scheduler = make_lr_scheduler(optimizer, config, accelerator.num_processes)
     transformer, optimizer, loader, lr_scheduler = accelerator.prepare(transformer, optimizer, loader, lr_scheduler)
     training_state = {}  # saved beside accelerate's files as safetensors + JSON
+    ema = make_ema(accelerator, transformer, config)  # after prepare: under FSDP it follows this process's shards
     if ema is not None:
-        ema.to(accelerator.device)
         training_state["ema"] = ema
 
     global_step, epochs, batches_to_skip = resume(accelerator, config, len(loader), training_state)
-    denoiser = accelerator.unwrap_model(transformer)  # the bare transformer: its helpers, the pipeline, the export
-    make_pipeline = partial(build_pipeline, vae, denoiser, sampling_scheduler, text_encoder, tokenizer, class_names)
-    validation = lambda step: sample(make_pipeline(), config.validation_conditions or class_names[:4], config,  # noqa: E731
-                                     accelerator, step)
+    denoiser = accelerator.unwrap_model(transformer)  # the bare transformer (sharded under FSDP): its helpers
+    # Sampling and the export get a whole transformer (run.whole_model: the model itself, or a gathered copy under FSDP).
+    make_pipeline = lambda model: build_pipeline(vae, model, sampling_scheduler, text_encoder, tokenizer, class_names)  # noqa: E731
+    validation = lambda model, step: sample(make_pipeline(model), config.validation_conditions or class_names[:4],  # noqa: E731
+                                            config, accelerator, step)
     batches = TrainingBatches(accelerator, loader, epochs, batches_to_skip)
     progress = Progress(accelerator, config, global_step, transformer, ema, lr_scheduler, validation, "vidtwin-dit",
                         training_state)
@@ -307,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             batches.stop()
 
     trained_on = f"latent cache {config.latent_cache}" if config.latent_cache else f"{config.data_root}, split {config.split}"
-    finish(accelerator, ema, denoiser, lambda folder: make_pipeline().save_pretrained(folder, trained_on=trained_on),
+    finish(accelerator, ema, transformer, lambda model, folder: make_pipeline(model).save_pretrained(folder, trained_on=trained_on),
            Path(config.output_dir) / "pipeline", batches.num_skipped)
     return 0
 

@@ -12,7 +12,6 @@ weights when `use_ema`). The loop's bookkeeping (epochs, logging, checkpoints, v
 """
 
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from ..evaluation.metrics import psnr, ssim, to_unit_range
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from .config import parse_config
 from .run import Progress, RunConfig, TrainingBatches, check_finite, finish, log_images, resume, start_run
-from .run import make_ema, make_loader, make_lr_scheduler, make_optimizer, optimizer_step
+from .run import is_fsdp, make_ema, make_loader, make_lr_scheduler, make_optimizer, optimizer_step
 from .vae_loss import VidTwinLoss
 
 logger = get_logger(__name__)
@@ -164,10 +163,15 @@ def discriminator_step(accelerator, loss_fn: VidTwinLoss, discriminator, optimiz
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(TrainVAEConfig, argv, __doc__)
     accelerator = start_run(config)
+    if is_fsdp(accelerator):
+        # Accelerate's FSDP2 takes one model and its optimizer per `prepare` and maps every optimizer parameter to
+        # a shard of that model: the VAE's optimizer also holds the loss's log-variance, the PatchGAN is a second
+        # model, and the adaptive GAN weight differentiates w.r.t. the (sharded) last layer.
+        raise ValueError("train_vae does not support FSDP (distributed_type: FSDP in the accelerate config): the "
+                         "autoencoder fits on one GPU; use DDP (train_configs/accelerate/multi_gpu.yaml or multi_node.yaml)")
 
     vae = build_vae(config)
     loss_fn = build_loss(config).to(accelerator.device)
-    ema = make_ema(vae, config)
     train_set, validation_set = build_datasets(config, vae)
     loader = make_loader(train_set, config, collate_clips)
     optimizer = make_optimizer([*vae.parameters(), loss_fn.logvar], config)
@@ -180,13 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Saved beside accelerate's files as safetensors + JSON (registered objects would be pickled).
     training_state = {"logvar": loss_fn.logvar}
+    ema = make_ema(accelerator, vae, config)
     if ema is not None:
-        ema.to(accelerator.device)
         training_state["ema"] = ema
 
     global_step, epochs, batches_to_skip = resume(accelerator, config, len(loader), training_state)
     unwrapped_vae = accelerator.unwrap_model(vae)
-    validation = partial(validate, unwrapped_vae, held_out_clips(validation_set, config, accelerator), config, accelerator)
+    clips = held_out_clips(validation_set, config, accelerator)
+    validation = lambda model, step: validate(model, clips, config, accelerator, step)  # noqa: E731
     batches = TrainingBatches(accelerator, loader, epochs, batches_to_skip)
     progress = Progress(accelerator, config, global_step, vae, ema, lr_scheduler, validation, "vidtwin-vae",
                         training_state)
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             batches.stop()
 
     trained_on = f"{config.data_root}, split {config.split}, train subset"
-    finish(accelerator, ema, unwrapped_vae, partial(unwrapped_vae.save_pretrained, trained_on=trained_on),
+    finish(accelerator, ema, vae, lambda model, folder: model.save_pretrained(folder, trained_on=trained_on),
            Path(config.output_dir) / "vae", batches.num_skipped)
     return 0
 

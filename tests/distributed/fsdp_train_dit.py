@@ -1,0 +1,16 @@
+"""`train_dit` under FSDP2 on CPU processes: the state is switched to FSDP first (see fsdp_pieces.py), then the
+trainer runs unchanged (its own Accelerator joins the shared state). Run by tests/test_distributed_fsdp.py."""
+
+import sys
+from pathlib import Path
+
+from accelerate import Accelerator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fsdp_pieces import force_fsdp  # noqa: E402
+
+from vidtwin_gen.training.train_dit import main  # noqa: E402
+
+if __name__ == "__main__":
+    force_fsdp(Accelerator())
+    raise SystemExit(main(sys.argv[1:]))

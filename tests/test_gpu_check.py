@@ -1,0 +1,48 @@
+"""benchmarks/gpu_check.py: its CPU-testable parts (dry run at tiny size, FLOP counting, arguments, no-GPU exit)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flops_of_a_training_step_are_counted(gpu_check):
+    layer = torch.nn.Linear(16, 8, bias=False)
+    x = torch.randn(4, 16)
+    # Forward, gradient of the input and of the weight: three (4 x 16) @ (16 x 8) products of 2 * 4 * 16 * 8 FLOPs.
+    assert gpu_check.count_flops(lambda: layer(x.requires_grad_()).sum().backward()) == 3 * 2 * 4 * 16 * 8
+
+
+def test_dry_run_writes_every_row(gpu_check, tmp_path):
+    output = tmp_path / "gpu_check.json"
+    assert gpu_check.main(["--dry-run", "--json", str(output)]) == 0
+    report = json.loads(output.read_text())
+    checks = [row["check"] for row in report["results"]]
+    assert checks == ["VAE encode+decode fp32", "VAE encode+decode bf16", "VAE train step (paper recipe) bf16",
+                      "DiT train step (paper, 101 classes) bf16"]
+    for row in report["results"]:
+        assert row["samples_per_s"] > 0
+    for row in report["results"][2:]:
+        assert row["tflops_per_step"] > 0 and 0 < row["mfu"] < 1
+    assert report["dry_run"] and report["peak_tflops_assumed"] == 989.0
+
+
+def test_bad_arguments_and_no_gpu(gpu_check, capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--steps", "0"])
+    assert "--steps" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert gpu_check.main([]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err

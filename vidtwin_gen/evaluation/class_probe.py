@@ -293,6 +293,32 @@ def data_root_features(
     return features, np.asarray(labels, dtype=np.int64), dataset.class_names, counter["num_skipped"]
 
 
+def _probe_with_test(train, test, class_names: list[str], l2: float, metadata: dict) -> ClassProbe:
+    """Fit on (train features, labels); record the accuracy on (test features, labels) in its metadata."""
+    (train_x, train_y), (test_x, test_y) = train, test
+    if len(train_x) < 2:
+        raise ValueError(f"{metadata.get('data_root')} gave {len(train_x)} readable train clips; a probe needs at least 2")
+    probe = fit_class_probe(train_x, train_y, len(class_names), class_names, l2=l2, metadata=metadata)
+    if len(test_x):
+        report = classification_report(probe.predict(test_x), test_y, class_names)
+        probe.metadata.update(test_accuracy=report["accuracy"], num_test=report["num_samples"], test_report=report)
+    else:
+        logger.warning("%s has no readable test clips: the probe's real-clip accuracy is unknown", metadata.get("data_root"))
+        probe.metadata.update(test_accuracy=None, num_test=0)
+    return probe
+
+
+def _probe_metadata(data_root, i3d, vae, split, num_frames, size, fps, clips_per_video, num_skipped) -> dict:
+    return {
+        "features": "I3D Kinetics-400 logits (fvd.extract_features)",
+        "clips": "vae reconstruction" if vae is not None else "real",
+        "data_root": str(Path(data_root).resolve()), "split": split, "num_frames": num_frames,
+        "size": list(size) if isinstance(size, tuple) else size,
+        "fps": fps, "clips_per_video": clips_per_video, "num_skipped": num_skipped,
+        "i3d_weights_sha256": getattr(i3d, "weights_sha256", None),
+    }
+
+
 def probe_for_data_root(
     data_root: str | os.PathLike,
     i3d: InceptionI3d,
@@ -317,24 +343,87 @@ def probe_for_data_root(
                    batch_size=batch_size)
     train_x, train_y, class_names, train_skipped = data_root_features(data_root, i3d, "train", **options)
     test_x, test_y, _, test_skipped = data_root_features(data_root, i3d, "test", **options)
-    if len(train_x) < 2:
-        raise ValueError(f"{data_root} gave {len(train_x)} readable train clips; a probe needs at least 2")
-    metadata = {
-        "features": "I3D Kinetics-400 logits (fvd.extract_features)",
-        "clips": "vae reconstruction" if vae is not None else "real",
-        "data_root": str(Path(data_root).resolve()), "split": split, "num_frames": num_frames,
-        "size": list(size) if isinstance(size, tuple) else size,
-        "fps": fps, "clips_per_video": clips_per_video, "num_skipped": train_skipped + test_skipped,
-        "i3d_weights_sha256": getattr(i3d, "weights_sha256", None),
-    }
-    probe = fit_class_probe(train_x, train_y, len(class_names), class_names, l2=l2, metadata=metadata)
-    if len(test_x):
-        report = classification_report(probe.predict(test_x), test_y, class_names)
-        probe.metadata.update(test_accuracy=report["accuracy"], num_test=report["num_samples"], test_report=report)
-    else:
-        logger.warning("%s has no readable test clips: the probe's real-clip accuracy is unknown", data_root)
-        probe.metadata.update(test_accuracy=None, num_test=0)
-    return probe
+    metadata = _probe_metadata(data_root, i3d, vae, split, num_frames, size, fps, clips_per_video, train_skipped + test_skipped)
+    return _probe_with_test((train_x, train_y), (test_x, test_y), class_names, l2, metadata)
+
+
+# ------------------------------------------------------------------------ a generator's two probes, reported
+
+
+PROBE_KINDS = {
+    "reconstruction": "probe fitted on the autoencoder's reconstructions of real clips (the generator alone)",
+    "real": "probe fitted on real clips (the generator and the autoencoder's blur together)",
+}
+
+
+def generator_probes(
+    data_root: str | os.PathLike,
+    i3d: InceptionI3d,
+    vae: torch.nn.Module,
+    split: int = 1,
+    num_frames: int = 16,
+    fps: float | None = None,
+    batch_size: int = 8,
+    l2: float = 1e-3,
+) -> tuple[dict[str, ClassProbe], np.ndarray, np.ndarray]:
+    """Both probes a class-conditional generator on `vae`'s latents is judged with, at the autoencoder's frame size:
+    {"real": fitted on real train clips, "reconstruction": fitted on `vae`'s reconstructions of them}, each with
+    its test-subset accuracy in its metadata.
+
+    Returns (probes, real test clips' features (N, 400), their labels (N,)): those features are the held-out real
+    set an FVD of the generator's samples can use without a second I3D pass.
+    """
+    size = tuple(vae.sample_shape[2:])
+    options = dict(split=split, num_frames=num_frames, size=size, fps=fps, clips_per_video=1, batch_size=batch_size)
+    probes, real_test = {}, None
+    for kind, source in (("real", None), ("reconstruction", vae)):
+        train_x, train_y, class_names, train_skipped = data_root_features(data_root, i3d, "train", vae=source, **options)
+        test_x, test_y, _, test_skipped = data_root_features(data_root, i3d, "test", vae=source, **options)
+        metadata = _probe_metadata(data_root, i3d, source, split, num_frames, size, fps, 1, train_skipped + test_skipped)
+        probes[kind] = _probe_with_test((train_x, train_y), (test_x, test_y), class_names, l2, metadata)
+        real_test = (test_x, test_y) if kind == "real" else real_test
+    return probes, *real_test
+
+
+def load_generator_probes(folder: str | os.PathLike) -> dict[str, ClassProbe]:
+    """The probes `save_generator_probes` wrote to `folder` ({kind}.safetensors for each of PROBE_KINDS)."""
+    return {kind: ClassProbe.load(Path(folder) / f"{kind}.safetensors") for kind in PROBE_KINDS}
+
+
+def save_generator_probes(probes: dict[str, ClassProbe], folder: str | os.PathLike) -> None:
+    for kind, probe in probes.items():
+        probe.save(Path(folder) / f"{kind}.safetensors")
+
+
+def sample_class_accuracies(probes: dict[str, ClassProbe], features, labels, label_names: Sequence[str] | None = None) -> dict:
+    """Each probe's `classification_report` on the same generated samples (features (N, D), the (N,) labels they
+    were generated for), with what the probe is and its accuracy on real test clips ("probe_test_accuracy",
+    the ceiling for the samples' figure). `label_names`, the generator's class names in label order, must be the
+    probes' classes (checked: a permuted label order would make every figure meaningless)."""
+    section = {}
+    for kind, probe in probes.items():
+        if label_names is not None and list(label_names) != probe.class_names:
+            raise ValueError(
+                f"the generator's classes {list(label_names)} are not the {kind} probe's {probe.class_names} (in order): "
+                "fit the probes on the data root the generator was trained on"
+            )
+        section[kind] = {
+            **sample_class_accuracy(probe, features, labels),
+            "probe": PROBE_KINDS.get(kind, kind),
+            "probe_test_accuracy": probe.metadata.get("test_accuracy"),
+            "probe_num_test": probe.metadata.get("num_test"),
+        }
+    return section
+
+
+def format_sample_class_accuracies(section: dict) -> str:
+    """Plain text for `sample_class_accuracies`: one table per probe, its real-clip test accuracy in the title."""
+    blocks = []
+    for kind, report in section.items():
+        ceiling = report.get("probe_test_accuracy")
+        ceiling = f"{ceiling:.1%} on {report['probe_num_test']} real test clips" if ceiling is not None else "unknown"
+        blocks.append(format_classification_report(report, f"sample class accuracy vs {kind} (probe: {ceiling})"))
+    return "\n".join(blocks)
 
 
 def sample_class_accuracy(probe: ClassProbe, features, labels) -> dict:

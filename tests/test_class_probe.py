@@ -203,3 +203,10 @@ def test_train_dit_logs_sample_class_accuracy(embedded_root, i3d, tmp_path):
     with pytest.raises(ValueError, match="fitted on classes"):
         main([item for key, value in {**options, "output_dir": tmp_path / "run2", "class_probe": tmp_path / "wrong.safetensors"}.items()
               for item in (f"--{key}", str(value))])
+
+
+def test_videos_per_class_caps_each_class(embedded_root, i3d):
+    features, labels, _, _ = data_root_features(embedded_root, i3d, "train", size=32, videos_per_class=2)
+    assert features.shape == (6, 400) and sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="videos_per_class must be >= 1"):
+        data_root_features(embedded_root, i3d, "train", size=32, videos_per_class=0)

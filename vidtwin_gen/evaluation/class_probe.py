@@ -231,8 +231,25 @@ def format_classification_report(report: dict, title: str = "class accuracy") ->
 # --------------------------------------------------------------------------------------- from a data root
 
 
-def _clips_of(dataset: UCF101Clips, counter: dict) -> Iterator[tuple[torch.Tensor, int]]:
-    for index in range(len(dataset)):
+def _video_indices(dataset: UCF101Clips, videos_per_class: int | None) -> list[int]:
+    """All videos, or `videos_per_class` of each class spread evenly over its listing (its groups, in UCF-101's
+    layout), so a small probe still sees each class's variety."""
+    labels = np.asarray(dataset.dataset["label"])
+    if videos_per_class is None:
+        return list(range(len(labels)))
+    if videos_per_class < 1:
+        raise ValueError(f"videos_per_class must be >= 1 (or None for all), got {videos_per_class}")
+    chosen = []
+    for label in np.unique(labels):
+        videos = np.flatnonzero(labels == label)
+        picks = np.unique(np.linspace(0, len(videos) - 1, min(videos_per_class, len(videos))).round().astype(int))
+        chosen.extend(videos[picks].tolist())
+    return sorted(chosen)
+
+
+def _clips_of(dataset: UCF101Clips, counter: dict, videos_per_class: int | None = None) -> Iterator[tuple[torch.Tensor, int]]:
+    per_video = dataset.clips_per_video
+    for index in (v * per_video + c for v in _video_indices(dataset, videos_per_class) for c in range(per_video)):
         item = dataset[index]
         if item is None:  # unreadable video: logged by the dataset, counted here
             counter["num_skipped"] += 1
@@ -265,13 +282,15 @@ def data_root_features(
     fps: float | None = None,
     clips_per_video: int = 1,
     batch_size: int = 8,
+    videos_per_class: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """I3D logits of the clips of one subset of a data root (UCF-101 layout or a metadata folder), or of `vae`'s
     reconstructions of them.
 
     Clips are `num_frames` long at `fps` (None: every frame), `clips_per_video` per video evenly spread (one
     centred by default), centre-cropped to `size` (default: the autoencoder's frame size with `vae`, else
-    224). Decode them as the generator's training data were (same fps and size) so that real and generated
+    224); `videos_per_class` (default all) caps the videos of each class, spread over its listing: I3D costs
+    ~100 GFLOPs a clip. Decode them as the generator's training data were (same fps and size) so that real and generated
     clips differ only in what the generator gets wrong. With `vae`, a clip longer than its `num_frames`
     needs `vae.enable_tiling()`.
 
@@ -283,7 +302,7 @@ def data_root_features(
     counter, labels = {"num_skipped": 0}, []
 
     def clips() -> Iterator[torch.Tensor]:
-        for video, label in _clips_of(dataset, counter):
+        for video, label in _clips_of(dataset, counter, videos_per_class):
             labels.append(label)
             yield video
 
@@ -365,21 +384,24 @@ def generator_probes(
     fps: float | None = None,
     batch_size: int = 8,
     l2: float = 1e-3,
+    videos_per_class: int | None = None,
 ) -> tuple[dict[str, ClassProbe], np.ndarray, np.ndarray]:
     """Both probes a class-conditional generator on `vae`'s latents is judged with, at the autoencoder's frame size:
     {"real": fitted on real train clips, "reconstruction": fitted on `vae`'s reconstructions of them}, each with
-    its test-subset accuracy in its metadata.
+    its test-subset accuracy in its metadata. `videos_per_class` caps each subset's videos per class (default all).
 
     Returns (probes, real test clips' features (N, 400), their labels (N,)): those features are the held-out real
     set an FVD of the generator's samples can use without a second I3D pass.
     """
     size = tuple(vae.sample_shape[2:])
-    options = dict(split=split, num_frames=num_frames, size=size, fps=fps, clips_per_video=1, batch_size=batch_size)
+    options = dict(split=split, num_frames=num_frames, size=size, fps=fps, clips_per_video=1, batch_size=batch_size,
+                   videos_per_class=videos_per_class)
     probes, real_test = {}, None
     for kind, source in (("real", None), ("reconstruction", vae)):
         train_x, train_y, class_names, train_skipped = data_root_features(data_root, i3d, "train", vae=source, **options)
         test_x, test_y, _, test_skipped = data_root_features(data_root, i3d, "test", vae=source, **options)
         metadata = _probe_metadata(data_root, i3d, source, split, num_frames, size, fps, 1, train_skipped + test_skipped)
+        metadata["videos_per_class"] = videos_per_class
         probes[kind] = _probe_with_test((train_x, train_y), (test_x, test_y), class_names, l2, metadata)
         real_test = (test_x, test_y) if kind == "real" else real_test
     return probes, *real_test

@@ -42,32 +42,19 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidtwin_gen.models import AutoencoderVidTwin
-from vidtwin_gen.models.transformer_vidtwin import VidTwinTransformer3DModel
+from vidtwin_gen.models.transformer_vidtwin import VIDTWIN_TOKEN_LAYOUTS, VidTwinTransformer3DModel
 
 VAE_CHANNELS, VAE_FRAMES, VAE_SIZE = 16, 4, 28  # 4x8x8 compression of 16x224^2
 
-# Token layouts: name -> (structure patch over (query, height, width), dynamics patch over (time, position)).
-# Tokens on the paper latents (structure 16x7x7, dynamics 16 frames x (7 + 7) positions) in brackets;
-# axes that do not divide (7 / 2) are zero-padded by the model.
-LAYOUTS = {
-    "1x1x1/1x1": ((1, 1, 1), (1, 1)),  # 784 + 224 = 1,008: today's default
-    "1x2x2/1x2": ((1, 2, 2), (1, 2)),  # 256 + 128 = 384: patch 2 over space, as Latte
-    "1x2x2/2x1": ((1, 2, 2), (2, 1)),  # 256 + 112 = 368: dynamics coarse in time, fine in position
-    "2x1x1/2x2": ((2, 1, 1), (2, 2)),  # 392 + 64 = 456: structure coarse over queries
-    "1x2x2/2x2": ((1, 2, 2), (2, 2)),  # 256 + 64 = 320
-    "2x2x2/2x1": ((2, 2, 2), (2, 1)),  # 128 + 112 = 240
-    "2x2x2/2x2": ((2, 2, 2), (2, 2)),  # 128 + 64 = 192
-    "4x1x1/4x1": ((4, 1, 1), (4, 1)),  # 196 + 56 = 252: coarse in time/queries only, full spatial detail
-    "4x2x2/4x2": ((4, 2, 2), (4, 2)),  # 64 + 32 = 96
-}
+# Token layouts: the named presets of the model (tokens and GFLOPs at paper size in their comments).
+LAYOUTS = VIDTWIN_TOKEN_LAYOUTS
 
 
 class Ours:
     def __init__(self, args, layout):
-        structure_patch, dynamics_patch = LAYOUTS[layout]
         self.model = VidTwinTransformer3DModel.from_preset(
-            "paper", hidden_size=args.width, num_layers=args.depth, num_attention_heads=args.heads,
-            text_embed_dim=args.text_dim, structure_patch_size=structure_patch, dynamics_patch_size=dynamics_patch,
+            "paper", layout=layout, hidden_size=args.width, num_layers=args.depth, num_attention_heads=args.heads,
+            text_embed_dim=args.text_dim,
         )
         self.tokens = self.model.num_tokens
         self.blocks = args.depth

@@ -150,3 +150,63 @@ def test_probe_on_vae_reconstructions(embedded_root, i3d):
     probe = probe_for_data_root(embedded_root, i3d, vae=vae)
     assert probe.metadata["clips"] == "vae reconstruction" and probe.metadata["size"] == [32, 32]
     assert (probe.metadata["num_train"], probe.metadata["num_test"]) == (12, 6)
+
+
+def test_generator_probes_and_their_report(embedded_root, i3d):
+    from vidtwin_gen.evaluation.class_probe import format_sample_class_accuracies, generator_probes, sample_class_accuracies
+    from vidtwin_gen.models import AutoencoderVidTwin
+
+    torch.manual_seed(0)
+    vae = AutoencoderVidTwin.from_preset("tiny", num_frames=16).eval()
+    probes, real_test, test_labels = generator_probes(embedded_root, i3d, vae)
+    assert set(probes) == {"real", "reconstruction"} and real_test.shape == (6, 400) and len(test_labels) == 6
+    assert probes["real"].metadata["clips"] == "real" and probes["reconstruction"].metadata["clips"] == "vae reconstruction"
+    assert probes["real"].metadata["size"] == [32, 32]  # the autoencoder's frame size for both
+    # The real test clips as "samples": the real probe reproduces its own test report; the other one judges them too.
+    section = sample_class_accuracies(probes, real_test, test_labels, probes["real"].class_names)
+    assert {k: v for k, v in section["real"].items() if not k.startswith("probe")} == probes["real"].metadata["test_report"]
+    assert section["real"]["probe_test_accuracy"] == probes["real"].metadata["test_accuracy"]
+    assert section["reconstruction"]["num_samples"] == 6
+    text = format_sample_class_accuracies(section)
+    assert "vs real" in text and "vs reconstruction" in text and "real test clips" in text
+    with pytest.raises(ValueError, match="not the real probe's"):
+        sample_class_accuracies(probes, real_test, test_labels, ["A", "B", "C"])
+
+
+def test_train_dit_logs_sample_class_accuracy(embedded_root, i3d, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vidtwin_gen.data import encode_dataset
+    from vidtwin_gen.models import AutoencoderVidTwin
+    from vidtwin_gen.training.train_dit import main
+
+    torch.manual_seed(0)
+    AutoencoderVidTwin.from_preset("tiny", num_frames=16).save_pretrained(tmp_path / "vae")  # I3D takes 16 frames
+    encode_dataset(tmp_path / "vae", embedded_root, tmp_path / "cache", batch_size=4)
+    features, labels = clustered(4, num_classes=3, dim=400)
+    names = ["RedSquareDrift", "RedSquareSpin", "BlueCircleBounce"]
+    fit_class_probe(features, labels, 3, names).save(tmp_path / "probe.safetensors")
+    options = {"vae": tmp_path / "vae", "latent_cache": tmp_path / "cache", "model": "{preset: tiny}",
+               "train_batch_size": 4, "max_train_steps": 2, "lr_warmup_steps": 1, "validation_steps": 2,
+               "num_inference_steps": 2, "dataloader_num_workers": 0, "report_to": "tensorboard",
+               "output_dir": tmp_path / "run", "class_probe": tmp_path / "probe.safetensors",
+               "class_probe_samples_per_class": 1}
+    assert main([item for key, value in options.items() for item in (f"--{key}", str(value))]) == 0
+    accumulator = EventAccumulator(str(next((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))))
+    accumulator.Reload()
+    accuracy = accumulator.Scalars("sample_class_accuracy")
+    assert [event.step for event in accuracy] == [2]
+    assert accuracy[0].value * 3 == pytest.approx(round(accuracy[0].value * 3), abs=1e-5)  # k of 3 samples right
+
+    wrong = ["A", "B", "C"]
+    fit_class_probe(features, labels, 3, wrong).save(tmp_path / "wrong.safetensors")
+    with pytest.raises(ValueError, match="fitted on classes"):
+        main([item for key, value in {**options, "output_dir": tmp_path / "run2", "class_probe": tmp_path / "wrong.safetensors"}.items()
+              for item in (f"--{key}", str(value))])
+
+
+def test_videos_per_class_caps_each_class(embedded_root, i3d):
+    features, labels, _, _ = data_root_features(embedded_root, i3d, "train", size=32, videos_per_class=2)
+    assert features.shape == (6, 400) and sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="videos_per_class must be >= 1"):
+        data_root_features(embedded_root, i3d, "train", size=32, videos_per_class=0)

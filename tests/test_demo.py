@@ -12,8 +12,8 @@ from vidtwin_gen.demo import main
 @pytest.mark.slow
 def test_demo_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["--output-dir", str(out), "--vae-steps", "2", "--dit-steps", "2", "--fvd-samples", "3",
-                 "--videos-per-class", "1"]) == 0
+    assert main(["--output-dir", str(out), "--vae-steps", "2", "--dit-steps", "2", "--samples-per-class", "1",
+                 "--probe-videos-per-class", "1", "--videos-per-class", "1"]) == 0
     first = capsys.readouterr().out
 
     names = [cls.name for cls in CLASSES]
@@ -24,7 +24,16 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["reconstruction"]["clips"] == 60 and 0 < metrics["reconstruction"]["psnr"] < 100
-    assert metrics["fvd"]["num_real"] == metrics["fvd"]["num_generated"] == 3 and metrics["fvd"]["value"] > 0
+    # FVD of one sample per class against one held-out clip per class (the probes' test clips), with its interval.
+    fvd = metrics["fvd"]
+    assert (fvd["num_real"], fvd["num_generated"]) == (10, 10) and 0 <= fvd["low"] <= fvd["high"] and fvd["fvd"] > 0
+    accuracy = metrics["sample_class_accuracy"]
+    assert set(accuracy) == {"real", "reconstruction"}
+    for report in accuracy.values():
+        assert report["num_samples"] == 10 and len(report["per_class"]) == 10
+        assert all(c["num_samples"] == 1 for c in report["per_class"].values())  # a fixed number per class
+        assert 0 <= report["accuracy"] <= 1 and report["probe_num_test"] == 10
+    assert "against reconstructions" in first and "interval" in first and "SSIM" in first
     stages = {"data", "vae", "latents", "dit", "samples", "decouple", "metrics"}
     assert set(metrics["wall_time_seconds"]) == stages | {"total"}
     assert f"metrics          {out / 'metrics.json'}" in first

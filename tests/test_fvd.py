@@ -231,13 +231,24 @@ def test_eval_fvd_cli_pipeline(tmp_path, capsys, embedded_root):
     VidTwinPipeline(vae=vae, transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
                     id2label={0: "RedSquareDrift", 1: "RedSquareSpin", 2: "BlueCircleBounce"}).save_pretrained(tmp_path / "pipe")
     args = ["--data-root", str(embedded_root), "--subset", "test", "--pipeline", str(tmp_path / "pipe"),
-            "--num-samples", "3", "--num-inference-steps", "2", "--no-cache", "--output", str(tmp_path / "fvd.json")]
+            "--num-samples", "3", "--num-inference-steps", "2", "--no-cache", "--output", str(tmp_path / "fvd.json"),
+            "--class-probes", str(tmp_path / "probes")]
     assert main(args) == 0
     report = json.loads((tmp_path / "fvd.json").read_text())
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"FVD {report['fvd']:.4f}"
     assert np.isfinite(report["fvd"]) and report["fvd"] > 0
     assert (report["num_real"], report["num_generated"], report["protocol_satisfied"]) == (3, 3, True)
     assert report["generated"]["pipeline"].endswith("pipe") and report["resolution"] == 32  # the pipeline's size
+    interval = report["fvd_interval"]
+    assert interval["fvd"] == pytest.approx(report["fvd"]) and interval["low"] <= interval["high"]
+    assert (interval["num_real"], interval["num_generated"]) == (3, 3)
+    accuracy = report["sample_class_accuracy"]
+    assert set(accuracy) == {"real", "reconstruction"}
+    for section in accuracy.values():
+        assert section["num_samples"] == 3 and 0 <= section["accuracy"] <= 1
+        assert np.asarray(section["confusion_matrix"]).sum() == 3 and len(section["per_class"]) == 3
+        assert 0 <= section["probe_test_accuracy"] <= 1 and section["probe_num_test"] == 6
+    assert (tmp_path / "probes" / "real.safetensors").exists()  # --class-probes: fitted once, then loaded
 
 
 def test_eval_fvd_checks_the_output_folder_before_loading_anything(tmp_path):

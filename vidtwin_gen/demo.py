@@ -11,7 +11,9 @@ Stages (each skipped when its output already exists, so a rerun resumes where th
     samples   a video per class (mp4 + gif) and a contact sheet               OUT/samples, OUT/samples.png
     decouple  original | reconstruction | structure only | dynamics only | structure A + dynamics B
                                                                               OUT/decoupling.png (+ videos)
-    metrics   reconstruction PSNR/SSIM on held-out clips, FVD of samples against held-out clips, wall time
+    metrics   reconstruction PSNR/SSIM on held-out clips; a fixed number of samples per class: their class
+              accuracy under two linear probes on I3D features (fitted on real train clips, and on the VAE's
+              reconstructions of them), FVD against the held-out clips with a bootstrap interval; wall time
               per stage                                                       OUT/metrics.json
 """
 
@@ -25,6 +27,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import torch
+import yaml
 
 from . import VidTwinPipeline
 from .data.embedded import CLASSES as EMBEDDED_CLASSES
@@ -32,7 +35,8 @@ from .data.embedded import make_embedded_dataset
 from .data.export import decoded_to_frames, export_videos
 from .data.latent_cache import encode_dataset
 from .data.ucf101 import UCF101Clips, load_ucf101
-from .evaluation.fvd import extract_features, fvd_from_features, get_protocol, pipeline_clips, sample_class_labels
+from .evaluation.class_probe import format_sample_class_accuracies, generator_probes, sample_class_accuracies
+from .evaluation.fvd import extract_features, format_fvd_interval, fvd_bootstrap, pipeline_clips
 from .evaluation.i3d import load_i3d
 from .evaluation.reconstruction import evaluate_reconstruction
 from .models.autoencoder_vidtwin import AutoencoderVidTwin
@@ -66,6 +70,12 @@ def contact_sheet(rows: list[np.ndarray], labels: list[str], scale: int = 3) -> 
     return sheet
 
 
+def sampling_settings() -> dict:
+    """The quickstart DiT config's sampling steps and guidance: the demo samples as its training validated."""
+    config = yaml.safe_load(Path(config_path("dit/quickstart_class.yaml")).read_text())
+    return {"num_inference_steps": config["num_inference_steps"], "guidance_scale": config["guidance_scale"]}
+
+
 def held_out_clips(data: Path, vae: AutoencoderVidTwin, limit: int) -> tuple[torch.Tensor, list[int]]:
     """Centre clips of the split-1 test list at the VAE's size, and their labels."""
     _, frames, height, width = vae.sample_shape
@@ -93,7 +103,7 @@ def train_generator(out: Path, args) -> None:
 def write_samples(out: Path, pipe: VidTwinPipeline, class_names: list[str], args) -> None:
     labels = [name for name in class_names for _ in range(args.videos_per_class)]
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels))]
-    frames = pipe(class_labels=labels, num_inference_steps=25, guidance_scale=4.0, generator=generators).frames
+    frames = pipe(class_labels=labels, generator=generators, **sampling_settings()).frames
     names = [f"{name}_{i % args.videos_per_class:02d}" for i, name in enumerate(labels)]
     export_videos(frames, out / "samples", names, FPS)
     contact_sheet(list(frames), names).save(out / "samples.png")
@@ -124,25 +134,27 @@ def write_decoupling(out: Path, data: Path, vae: AutoencoderVidTwin, class_names
     export_videos(np.stack(frames), out / "decoupling", [title.replace(" ", "_") for title in rows], FPS)
 
 
-def write_metrics(out: Path, data: Path, pipe: VidTwinPipeline, times: dict, args) -> None:
+def write_metrics(out: Path, data: Path, pipe: VidTwinPipeline, class_names: list[str], times: dict, args) -> None:
     clips, _ = held_out_clips(data, pipe.vae, limit=10**9)
     scores = evaluate_reconstruction(pipe.vae, clips, batch_size=8)
     reconstruction = {"clips": len(clips), "split": "1/test", "psnr": float(np.mean(scores["psnr"])),
                       "ssim": float(np.mean(scores["ssim"]))}
-    protocol = get_protocol(num_samples=min(args.fvd_samples, len(clips)))
     i3d = load_i3d()
-    real = extract_features(clips[: protocol.num_real], i3d, desc="I3D real clips")
-    test_labels = load_ucf101(data, 1, "test")["label"]
-    labels = sample_class_labels(test_labels, protocol.num_generated, args.seed)
+    # The real probe's test clips are the held-out clips at the VAE's size: FVD's real set too.
+    probes, real, _ = generator_probes(data, i3d, pipe.vae, fps=FPS, videos_per_class=args.probe_videos_per_class)
+    labels = [k for k in range(len(class_names)) for _ in range(args.samples_per_class)]
     pipe.set_progress_bar_config(disable=True)
-    generated = extract_features(pipeline_clips(pipe, labels, 8, num_inference_steps=25, seed=args.seed + 1000),
-                                 i3d, protocol.num_generated, desc="I3D generated clips")
-    fvd = {"value": fvd_from_features(real, generated), "protocol": protocol.name, "num_real": len(real),
-           "num_generated": len(generated), "real": "held-out clips (split 1 test list)",
-           "weights_sha256": i3d.weights_sha256,
+    settings = sampling_settings()
+    generated = extract_features(pipeline_clips(pipe, labels, 8, seed=args.seed + 1000, **settings), i3d,
+                                 desc="I3D generated clips")
+    fvd = {**fvd_bootstrap(real, generated, seed=args.seed), "real": f"held-out clips (split 1 test list, {args.probe_videos_per_class} videos per class)",
+           "generated": f"{args.samples_per_class} samples per class", "weights_sha256": i3d.weights_sha256,
            "note": "a demo-sized protocol: not comparable with published FVD figures (2,048 or 10,000 clips)"}
-    report = {"reconstruction": reconstruction, "fvd": fvd, "wall_time_seconds": times}
+    accuracy = sample_class_accuracies(probes, generated, labels, class_names)
+    report = {"reconstruction": reconstruction, "sample_class_accuracy": accuracy, "fvd": fvd,
+              "sampling": {**settings, "samples_per_class": args.samples_per_class}, "wall_time_seconds": times}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(format_sample_class_accuracies(accuracy))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, help="override max_train_steps of train_configs/vae/quickstart.yaml")
     parser.add_argument("--dit-steps", type=int, help="override max_train_steps of train_configs/dit/quickstart_class.yaml")
-    parser.add_argument("--fvd-samples", type=int, default=48, help="real and generated clips for FVD")
+    parser.add_argument("--samples-per-class", type=int, default=6,
+                        help="samples of each class for class accuracy and FVD (default: %(default)s)")
+    parser.add_argument("--probe-videos-per-class", type=int, default=3,
+                        help="train and test videos per class for the class probes, also FVD's real set; I3D is the "
+                        "metrics stage's main cost (default: %(default)s)")
     parser.add_argument("--videos-per-class", type=int, default=2)
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
@@ -183,17 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     class_names = [pipe.config.id2label[str(i)] for i in range(len(pipe.labels))]
     stage("samples", (out / "samples.png").exists(), lambda: write_samples(out, pipe, class_names, args))
     stage("decouple", (out / "decoupling.png").exists(), lambda: write_decoupling(out, data, pipe.vae, class_names))
-    stage("metrics", (out / "metrics.json").exists(), lambda: write_metrics(out, data, pipe, times, args))
+    stage("metrics", (out / "metrics.json").exists(), lambda: write_metrics(out, data, pipe, class_names, times, args))
     report = json.loads((out / "metrics.json").read_text())
     report["wall_time_seconds"] = {**times, "total": round(sum(times.values()), 1)}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
 
+    fvd, accuracy = report["fvd"], report["sample_class_accuracy"]
     print(f"""
 done in {report['wall_time_seconds']['total']:.0f} s of stage time. Results in {out}:
   pipeline         {out / 'pipeline'}   (DiffusionPipeline.from_pretrained(..., trust_remote_code=True))
   autoencoder      {out / 'vae'}
   samples          {out / 'samples'}  and the contact sheet {out / 'samples.png'}
   decoupling       {out / 'decoupling.png'}
-  metrics          {out / 'metrics.json'}: PSNR {report['reconstruction']['psnr']:.2f} dB, SSIM {report['reconstruction']['ssim']:.3f} on {report['reconstruction']['clips']} held-out clips; FVD {report['fvd']['value']:.1f} ({report['fvd']['num_generated']} vs {report['fvd']['num_real']} clips)
+  metrics          {out / 'metrics.json'}:
+    reconstruction     PSNR {report['reconstruction']['psnr']:.2f} dB, SSIM {report['reconstruction']['ssim']:.3f} on {report['reconstruction']['clips']} held-out clips
+    class accuracy     {accuracy['reconstruction']['accuracy']:.1%} of {accuracy['reconstruction']['num_samples']} samples against reconstructions (probe: {accuracy['reconstruction']['probe_test_accuracy']:.1%} on real test clips), {accuracy['real']['accuracy']:.1%} against real clips (probe: {accuracy['real']['probe_test_accuracy']:.1%})
+    {format_fvd_interval(fvd)}
   training logs    {out / 'runs'}  (tensorboard --logdir {out / 'runs'})""")
     return 0

@@ -231,8 +231,25 @@ def format_classification_report(report: dict, title: str = "class accuracy") ->
 # --------------------------------------------------------------------------------------- from a data root
 
 
-def _clips_of(dataset: UCF101Clips, counter: dict) -> Iterator[tuple[torch.Tensor, int]]:
-    for index in range(len(dataset)):
+def _video_indices(dataset: UCF101Clips, videos_per_class: int | None) -> list[int]:
+    """All videos, or `videos_per_class` of each class spread evenly over its listing (its groups, in UCF-101's
+    layout), so a small probe still sees each class's variety."""
+    labels = np.asarray(dataset.dataset["label"])
+    if videos_per_class is None:
+        return list(range(len(labels)))
+    if videos_per_class < 1:
+        raise ValueError(f"videos_per_class must be >= 1 (or None for all), got {videos_per_class}")
+    chosen = []
+    for label in np.unique(labels):
+        videos = np.flatnonzero(labels == label)
+        picks = np.unique(np.linspace(0, len(videos) - 1, min(videos_per_class, len(videos))).round().astype(int))
+        chosen.extend(videos[picks].tolist())
+    return sorted(chosen)
+
+
+def _clips_of(dataset: UCF101Clips, counter: dict, videos_per_class: int | None = None) -> Iterator[tuple[torch.Tensor, int]]:
+    per_video = dataset.clips_per_video
+    for index in (v * per_video + c for v in _video_indices(dataset, videos_per_class) for c in range(per_video)):
         item = dataset[index]
         if item is None:  # unreadable video: logged by the dataset, counted here
             counter["num_skipped"] += 1
@@ -265,13 +282,15 @@ def data_root_features(
     fps: float | None = None,
     clips_per_video: int = 1,
     batch_size: int = 8,
+    videos_per_class: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """I3D logits of the clips of one subset of a data root (UCF-101 layout or a metadata folder), or of `vae`'s
     reconstructions of them.
 
     Clips are `num_frames` long at `fps` (None: every frame), `clips_per_video` per video evenly spread (one
     centred by default), centre-cropped to `size` (default: the autoencoder's frame size with `vae`, else
-    224). Decode them as the generator's training data were (same fps and size) so that real and generated
+    224); `videos_per_class` (default all) caps the videos of each class, spread over its listing: I3D costs
+    ~100 GFLOPs a clip. Decode them as the generator's training data were (same fps and size) so that real and generated
     clips differ only in what the generator gets wrong. With `vae`, a clip longer than its `num_frames`
     needs `vae.enable_tiling()`.
 
@@ -283,7 +302,7 @@ def data_root_features(
     counter, labels = {"num_skipped": 0}, []
 
     def clips() -> Iterator[torch.Tensor]:
-        for video, label in _clips_of(dataset, counter):
+        for video, label in _clips_of(dataset, counter, videos_per_class):
             labels.append(label)
             yield video
 
@@ -291,6 +310,32 @@ def data_root_features(
     what = "reconstructed" if vae is not None else "real"
     features = extract_features(source, i3d, num_frames=num_frames, batch_size=batch_size, desc=f"{subset} clips ({what})")
     return features, np.asarray(labels, dtype=np.int64), dataset.class_names, counter["num_skipped"]
+
+
+def _probe_with_test(train, test, class_names: list[str], l2: float, metadata: dict) -> ClassProbe:
+    """Fit on (train features, labels); record the accuracy on (test features, labels) in its metadata."""
+    (train_x, train_y), (test_x, test_y) = train, test
+    if len(train_x) < 2:
+        raise ValueError(f"{metadata.get('data_root')} gave {len(train_x)} readable train clips; a probe needs at least 2")
+    probe = fit_class_probe(train_x, train_y, len(class_names), class_names, l2=l2, metadata=metadata)
+    if len(test_x):
+        report = classification_report(probe.predict(test_x), test_y, class_names)
+        probe.metadata.update(test_accuracy=report["accuracy"], num_test=report["num_samples"], test_report=report)
+    else:
+        logger.warning("%s has no readable test clips: the probe's real-clip accuracy is unknown", metadata.get("data_root"))
+        probe.metadata.update(test_accuracy=None, num_test=0)
+    return probe
+
+
+def _probe_metadata(data_root, i3d, vae, split, num_frames, size, fps, clips_per_video, num_skipped) -> dict:
+    return {
+        "features": "I3D Kinetics-400 logits (fvd.extract_features)",
+        "clips": "vae reconstruction" if vae is not None else "real",
+        "data_root": str(Path(data_root).resolve()), "split": split, "num_frames": num_frames,
+        "size": list(size) if isinstance(size, tuple) else size,
+        "fps": fps, "clips_per_video": clips_per_video, "num_skipped": num_skipped,
+        "i3d_weights_sha256": getattr(i3d, "weights_sha256", None),
+    }
 
 
 def probe_for_data_root(
@@ -317,24 +362,90 @@ def probe_for_data_root(
                    batch_size=batch_size)
     train_x, train_y, class_names, train_skipped = data_root_features(data_root, i3d, "train", **options)
     test_x, test_y, _, test_skipped = data_root_features(data_root, i3d, "test", **options)
-    if len(train_x) < 2:
-        raise ValueError(f"{data_root} gave {len(train_x)} readable train clips; a probe needs at least 2")
-    metadata = {
-        "features": "I3D Kinetics-400 logits (fvd.extract_features)",
-        "clips": "vae reconstruction" if vae is not None else "real",
-        "data_root": str(Path(data_root).resolve()), "split": split, "num_frames": num_frames,
-        "size": list(size) if isinstance(size, tuple) else size,
-        "fps": fps, "clips_per_video": clips_per_video, "num_skipped": train_skipped + test_skipped,
-        "i3d_weights_sha256": getattr(i3d, "weights_sha256", None),
-    }
-    probe = fit_class_probe(train_x, train_y, len(class_names), class_names, l2=l2, metadata=metadata)
-    if len(test_x):
-        report = classification_report(probe.predict(test_x), test_y, class_names)
-        probe.metadata.update(test_accuracy=report["accuracy"], num_test=report["num_samples"], test_report=report)
-    else:
-        logger.warning("%s has no readable test clips: the probe's real-clip accuracy is unknown", data_root)
-        probe.metadata.update(test_accuracy=None, num_test=0)
-    return probe
+    metadata = _probe_metadata(data_root, i3d, vae, split, num_frames, size, fps, clips_per_video, train_skipped + test_skipped)
+    return _probe_with_test((train_x, train_y), (test_x, test_y), class_names, l2, metadata)
+
+
+# ------------------------------------------------------------------------ a generator's two probes, reported
+
+
+PROBE_KINDS = {
+    "reconstruction": "probe fitted on the autoencoder's reconstructions of real clips (the generator alone)",
+    "real": "probe fitted on real clips (the generator and the autoencoder's blur together)",
+}
+
+
+def generator_probes(
+    data_root: str | os.PathLike,
+    i3d: InceptionI3d,
+    vae: torch.nn.Module,
+    split: int = 1,
+    num_frames: int = 16,
+    fps: float | None = None,
+    batch_size: int = 8,
+    l2: float = 1e-3,
+    videos_per_class: int | None = None,
+) -> tuple[dict[str, ClassProbe], np.ndarray, np.ndarray]:
+    """Both probes a class-conditional generator on `vae`'s latents is judged with, at the autoencoder's frame size:
+    {"real": fitted on real train clips, "reconstruction": fitted on `vae`'s reconstructions of them}, each with
+    its test-subset accuracy in its metadata. `videos_per_class` caps each subset's videos per class (default all).
+
+    Returns (probes, real test clips' features (N, 400), their labels (N,)): those features are the held-out real
+    set an FVD of the generator's samples can use without a second I3D pass.
+    """
+    size = tuple(vae.sample_shape[2:])
+    options = dict(split=split, num_frames=num_frames, size=size, fps=fps, clips_per_video=1, batch_size=batch_size,
+                   videos_per_class=videos_per_class)
+    probes, real_test = {}, None
+    for kind, source in (("real", None), ("reconstruction", vae)):
+        train_x, train_y, class_names, train_skipped = data_root_features(data_root, i3d, "train", vae=source, **options)
+        test_x, test_y, _, test_skipped = data_root_features(data_root, i3d, "test", vae=source, **options)
+        metadata = _probe_metadata(data_root, i3d, source, split, num_frames, size, fps, 1, train_skipped + test_skipped)
+        metadata["videos_per_class"] = videos_per_class
+        probes[kind] = _probe_with_test((train_x, train_y), (test_x, test_y), class_names, l2, metadata)
+        real_test = (test_x, test_y) if kind == "real" else real_test
+    return probes, *real_test
+
+
+def load_generator_probes(folder: str | os.PathLike) -> dict[str, ClassProbe]:
+    """The probes `save_generator_probes` wrote to `folder` ({kind}.safetensors for each of PROBE_KINDS)."""
+    return {kind: ClassProbe.load(Path(folder) / f"{kind}.safetensors") for kind in PROBE_KINDS}
+
+
+def save_generator_probes(probes: dict[str, ClassProbe], folder: str | os.PathLike) -> None:
+    for kind, probe in probes.items():
+        probe.save(Path(folder) / f"{kind}.safetensors")
+
+
+def sample_class_accuracies(probes: dict[str, ClassProbe], features, labels, label_names: Sequence[str] | None = None) -> dict:
+    """Each probe's `classification_report` on the same generated samples (features (N, D), the (N,) labels they
+    were generated for), with what the probe is and its accuracy on real test clips ("probe_test_accuracy",
+    the ceiling for the samples' figure). `label_names`, the generator's class names in label order, must be the
+    probes' classes (checked: a permuted label order would make every figure meaningless)."""
+    section = {}
+    for kind, probe in probes.items():
+        if label_names is not None and list(label_names) != probe.class_names:
+            raise ValueError(
+                f"the generator's classes {list(label_names)} are not the {kind} probe's {probe.class_names} (in order): "
+                "fit the probes on the data root the generator was trained on"
+            )
+        section[kind] = {
+            **sample_class_accuracy(probe, features, labels),
+            "probe": PROBE_KINDS.get(kind, kind),
+            "probe_test_accuracy": probe.metadata.get("test_accuracy"),
+            "probe_num_test": probe.metadata.get("num_test"),
+        }
+    return section
+
+
+def format_sample_class_accuracies(section: dict) -> str:
+    """Plain text for `sample_class_accuracies`: one table per probe, its real-clip test accuracy in the title."""
+    blocks = []
+    for kind, report in section.items():
+        ceiling = report.get("probe_test_accuracy")
+        ceiling = f"{ceiling:.1%} on {report['probe_num_test']} real test clips" if ceiling is not None else "unknown"
+        blocks.append(format_classification_report(report, f"sample class accuracy vs {kind} (probe: {ceiling})"))
+    return "\n".join(blocks)
 
 
 def sample_class_accuracy(probe: ClassProbe, features, labels) -> dict:

@@ -403,6 +403,16 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", help=f"real-feature cache (default: {default_cache_dir()})")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the real-feature cache")
     parser.add_argument("--output", default="fvd.json", help="report file (default: %(default)s)")
+    parser.add_argument("--bootstrap-resamples", type=int, default=100,
+                        help="resamples for FVD's bootstrap interval (default: %(default)s)")
+    parser.add_argument(
+        "--class-probes",
+        help="with --pipeline: folder of the two class probes (real.safetensors, reconstruction.safetensors) for "
+        "sample class accuracy; fitted on --data-root's train clips (and the pipeline's reconstructions of them) "
+        "and saved there when absent (default: fitted and not saved)",
+    )
+    parser.add_argument("--no-class-accuracy", action="store_true",
+                        help="with --pipeline: skip sample class accuracy (it fits two probes on --data-root)")
     return parser
 
 
@@ -438,6 +448,21 @@ def _print_summary(report: dict, protocol: FVDProtocol, real_meta: dict, origin:
         )
     print(f"I3D        sha256 {report['weights_sha256']}")
     print(f"report     {output}")
+
+
+def _class_probes(args, i3d: InceptionI3d, pipe) -> dict:
+    """The two class probes of `class_probe.generator_probes` for the pipeline: loaded from --class-probes, or
+    fitted on --data-root (and saved to --class-probes when given)."""
+    # class_probe builds on this module's features: imported here, where both exist.
+    from .class_probe import PROBE_KINDS, generator_probes, load_generator_probes, save_generator_probes
+
+    folder = Path(args.class_probes) if args.class_probes else None
+    if folder is not None and all((folder / f"{kind}.safetensors").exists() for kind in PROBE_KINDS):
+        return load_generator_probes(folder)
+    probes, _, _ = generator_probes(args.data_root, i3d, pipe.vae, args.split, fps=args.fps, batch_size=args.batch_size)
+    if folder is not None:
+        save_generator_probes(probes, folder)
+    return probes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,9 +517,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         generated_source = {"generated_dir": str(Path(args.generated_dir).resolve()), "num_videos": len(generated_paths)}
     fvd, generated_features = fvd_from_generator(generated_clips, real_features, i3d, protocol, args.batch_size)
+    interval = fvd_bootstrap(real_features, generated_features, args.bootstrap_resamples, seed=args.seed)
+    class_accuracy = None
+    if pipe is not None and not args.no_class_accuracy:
+        from .class_probe import format_sample_class_accuracies, sample_class_accuracies
+
+        id2label = {str(k): v for k, v in (pipe.config.id2label or {}).items()}
+        # A class-conditional pipeline's ids must mean the data root's classes: checked against the probes'.
+        label_names = ([id2label.get(str(k)) for k in range(pipe.transformer.config.num_classes)]
+                       if pipe.is_class_conditional and id2label else names)
+        class_accuracy = sample_class_accuracies(_class_probes(args, i3d, pipe), generated_features,
+                                                 labels[: len(generated_features)], label_names)
 
     report = {
         "fvd": fvd,
+        "fvd_interval": interval,
         "protocol": protocol.name,
         "protocol_num_real": protocol.num_real,
         "protocol_num_generated": protocol.num_generated,
@@ -509,10 +546,15 @@ def main(argv: list[str] | None = None) -> int:
         "weights_file": str(weights_path),
         "weights_sha256": i3d.weights_sha256,
     }
+    if class_accuracy is not None:
+        report["sample_class_accuracy"] = class_accuracy
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
 
     origin = f"the pipeline {args.pipeline}" if pipe is not None else f"{len(generated_paths)} videos"
     _print_summary(report, protocol, real_meta, origin, args.output)
-    print(f"FVD {fvd:.4f}")
+    if class_accuracy is not None:
+        print(format_sample_class_accuracies(class_accuracy))
+    print(format_fvd_interval(interval))
+    print(f"FVD {fvd:.4f}")  # the last line: the figure alone, for scripts
     return 0

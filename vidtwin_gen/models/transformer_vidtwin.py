@@ -70,6 +70,25 @@ VIDTWIN_TRANSFORMER_PRESETS = {
     },
 }
 
+# Named token layouts: "S/D" -> the structure patch over (n_q, h_S, w_S) and the dynamics patch over (t, position)
+# (each dynamics branch patched separately). Give one as `from_preset(name, layout="2x2x2/2x2")` or as `layout:`
+# in a DiT training config's `model:`; a layout sets both patch sizes. Tokens per clip on the paper's latents
+# (structure 16x7x7, dynamics 16 frames x (7 + 7) positions; 7 / 2 is zero-padded) and GFLOPs per forward of the
+# paper-size DiT (benchmarks/bench_dit.py; Latte at patch 2 on a 4x8x8 VAE's latent of the same clip: 784 tokens,
+# 501 GFLOPs) in the comments. benchmarks/bench_dit.py measures them all; the README gives the equal-compute study
+# on the embedded set behind the choice of the training configs' layout.
+VIDTWIN_TOKEN_LAYOUTS = {
+    "1x1x1/1x1": {"structure_patch_size": (1, 1, 1), "dynamics_patch_size": (1, 1)},  # 1,008 tokens, 765 GFLOPs: the model default
+    "1x2x2/1x2": {"structure_patch_size": (1, 2, 2), "dynamics_patch_size": (1, 2)},  # 384: patch 2 over space, as Latte
+    "1x2x2/2x1": {"structure_patch_size": (1, 2, 2), "dynamics_patch_size": (2, 1)},  # 368, 262 GFLOPs
+    "2x1x1/2x2": {"structure_patch_size": (2, 1, 1), "dynamics_patch_size": (2, 2)},  # 456
+    "1x2x2/2x2": {"structure_patch_size": (1, 2, 2), "dynamics_patch_size": (2, 2)},  # 320
+    "2x2x2/2x1": {"structure_patch_size": (2, 2, 2), "dynamics_patch_size": (2, 1)},  # 240
+    "2x2x2/2x2": {"structure_patch_size": (2, 2, 2), "dynamics_patch_size": (2, 2)},  # 192, 136 GFLOPs
+    "4x1x1/4x1": {"structure_patch_size": (4, 1, 1), "dynamics_patch_size": (4, 1)},  # 252: full spatial detail
+    "4x2x2/4x2": {"structure_patch_size": (4, 2, 2), "dynamics_patch_size": (4, 2)},  # 96, 69 GFLOPs
+}
+
 def patchify(x: torch.Tensor, patch_size: tuple[int, ...]) -> torch.Tensor:
     """(B, C, *S) -> (B, prod(ceil(S / p)), prod(p) * C), tokens row-major, channels fastest in a patch.
 
@@ -447,11 +466,20 @@ class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
             nn.init.zeros_(layer.bias)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "VidTwinTransformer3DModel":
-        """Build a randomly initialised model from a named configuration: one of `VIDTWIN_TRANSFORMER_PRESETS`."""
+    def from_preset(cls, name: str, layout: str | None = None, **overrides) -> "VidTwinTransformer3DModel":
+        """Build a randomly initialised model from a named configuration: one of `VIDTWIN_TRANSFORMER_PRESETS`,
+        with the patch sizes of a named token layout (one of `VIDTWIN_TOKEN_LAYOUTS`) when `layout` is given."""
         if name not in VIDTWIN_TRANSFORMER_PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(VIDTWIN_TRANSFORMER_PRESETS)}")
-        return cls(**{**VIDTWIN_TRANSFORMER_PRESETS[name], **overrides})
+        patches = {}
+        if layout is not None:
+            if layout not in VIDTWIN_TOKEN_LAYOUTS:
+                raise ValueError(f"Unknown layout {layout!r}; choose one of {list(VIDTWIN_TOKEN_LAYOUTS)}")
+            clashing = sorted(set(VIDTWIN_TOKEN_LAYOUTS[layout]) & set(overrides))
+            if clashing:
+                raise ValueError(f"layout={layout!r} sets {clashing}: give either the layout or the patch sizes, not both")
+            patches = VIDTWIN_TOKEN_LAYOUTS[layout]
+        return cls(**{**VIDTWIN_TRANSFORMER_PRESETS[name], **patches, **overrides})
 
     def set_default_attn_processor(self) -> None:
         """Back to the default processor (`VidTwinAttnProcessor`, backend chosen by `set_attention_backend`)."""

@@ -13,6 +13,7 @@ with `VidTwinPipeline.from_pretrained` or `DiffusionPipeline.from_pretrained`. T
 (epochs, logging, checkpoints, validation) is in `run.py`.
 """
 
+import functools
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from .. import VidTwinPipeline
 from ..data.export import export_videos, frame_strip
 from ..data.latent_cache import load_latent_cache, vae_fingerprint
 from ..data.ucf101 import CAPTION_TEMPLATES, UCF101Clips, collate_clips
+from ..evaluation.class_probe import ClassProbe, sample_class_accuracy
+from ..evaluation.fvd import extract_features, pipeline_clips
+from ..evaluation.i3d import InceptionI3d, load_i3d
 from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from ..models.transformer_vidtwin import VidTwinTransformer3DModel
 from ..pipelines import encode_text
@@ -79,6 +83,8 @@ class TrainDiTConfig(RunConfig):
     validation_conditions: list = field(default_factory=list, metadata={"help": "class names or prompts to sample; default: the first 4 classes"})
     num_inference_steps: int = 50
     guidance_scale: float = 4.0
+    class_probe: str | None = field(default=None, metadata={"help": "class-conditional: a ClassProbe .safetensors (vidtwin_gen.evaluation.class_probe); validation then logs sample_class_accuracy"})
+    class_probe_samples_per_class: int = field(default=2, metadata={"help": "samples per class for sample_class_accuracy"})
 
 
 def default_text_encoder_path() -> str:
@@ -242,9 +248,27 @@ def build_pipeline(vae, denoiser, sampling_scheduler, text_encoder, tokenizer, c
                            tokenizer=tokenizer, id2label=dict(enumerate(class_names)))
 
 
+@functools.cache
+def load_probe_and_i3d(path: str, device: torch.device) -> tuple[ClassProbe, InceptionI3d]:
+    """The class probe of `class_probe` and the I3D it reads features from, loaded once per run."""
+    return ClassProbe.load(path), load_i3d(device=device)
+
+
+def sample_class_accuracy_now(pipe: VidTwinPipeline, config: TrainDiTConfig, class_names: list[str], device) -> float:
+    """The probe's accuracy on `class_probe_samples_per_class` fresh samples of every class (same seeds each time)."""
+    probe, i3d = load_probe_and_i3d(config.class_probe, device)
+    if probe.class_names != class_names:
+        raise ValueError(f"class_probe {config.class_probe} was fitted on classes {probe.class_names}, the DiT trains on "
+                         f"{class_names}: fit it on this data set (class_probe.probe_for_data_root)")
+    labels = [k for k in range(len(class_names)) for _ in range(config.class_probe_samples_per_class)]
+    clips = pipeline_clips(pipe, labels, config.train_batch_size, config.num_inference_steps, config.guidance_scale, config.seed)
+    return sample_class_accuracy(probe, extract_features(clips, i3d, desc="I3D samples"), labels)["accuracy"]
+
+
 @torch.no_grad()
-def sample(pipe: VidTwinPipeline, conditions: list, config: TrainDiTConfig, accelerator, step: int) -> None:
-    """Decode one sample per validation condition to the run folder and the trackers."""
+def sample(pipe: VidTwinPipeline, conditions: list, config: TrainDiTConfig, accelerator, step: int) -> dict | None:
+    """Decode one sample per validation condition to the run folder and the trackers; with a `class_probe`,
+    return the samples' class accuracy to log (tensorboard scalar `sample_class_accuracy`)."""
     pipe.set_progress_bar_config(disable=True)
     key = "class_labels" if config.conditioning == "class" else "prompt"
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(conditions))]
@@ -255,6 +279,13 @@ def sample(pipe: VidTwinPipeline, conditions: list, config: TrainDiTConfig, acce
     names = [f"{i:02d}_{str(c)[:40].replace(' ', '_')}" for i, c in enumerate(conditions)]
     export_videos(frames, Path(config.output_dir) / "samples" / f"step-{step}", names, config.target_fps)
     log_images(accelerator, {"samples " + " | ".join(str(c) for c in conditions): frame_strip(list(frames))}, step)
+    if config.class_probe and config.conditioning == "class":
+        pipe.transformer.eval()
+        id2label = pipe.config.id2label
+        accuracy = sample_class_accuracy_now(pipe, config, [id2label[k] for k in sorted(id2label, key=int)], accelerator.device)
+        pipe.transformer.train()
+        return {"sample_class_accuracy": accuracy}
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

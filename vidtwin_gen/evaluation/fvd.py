@@ -465,6 +465,33 @@ def _class_probes(args, i3d: InceptionI3d, pipe) -> dict:
     return probes
 
 
+def _generated_clips(args, pipe, real_table, generated_paths: list[str], protocol: FVDProtocol):
+    """(clips to score, their description for the report, class ids drawn for a pipeline or None)."""
+    if pipe is None:
+        clips = VideoClipSet(generated_paths, protocol.num_generated, protocol.num_frames, args.resolution, args.fps,
+                             args.seed)
+        return clips, {"generated_dir": str(Path(args.generated_dir).resolve()), "num_videos": len(generated_paths)}, None
+    labels = sample_class_labels(real_table["label"], protocol.num_generated, args.seed)
+    names = real_table.features["label"].names
+    conditions = labels if pipe.is_class_conditional else [class_to_caption(names[i]) for i in labels]
+    clips = pipeline_clips(pipe, conditions, args.batch_size, args.num_inference_steps, args.guidance_scale, args.seed)
+    source = {"pipeline": str(Path(args.pipeline).resolve()), "num_inference_steps": args.num_inference_steps,
+              "guidance_scale": args.guidance_scale}
+    return clips, source, labels
+
+
+def _sample_class_accuracy(args, i3d, pipe, generated_features: np.ndarray, labels: list[int], names: list[str]) -> dict:
+    """Both probes' verdicts on the generated samples (whose drawn class ids are `labels`)."""
+    from .class_probe import sample_class_accuracies
+
+    id2label = {str(k): v for k, v in (pipe.config.id2label or {}).items()}
+    # A class-conditional pipeline's ids must mean the data root's classes: checked against the probes'.
+    label_names = ([id2label.get(str(k)) for k in range(pipe.transformer.config.num_classes)]
+                   if pipe.is_class_conditional and id2label else names)
+    return sample_class_accuracies(_class_probes(args, i3d, pipe), generated_features,
+                                   labels[: len(generated_features)], label_names)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -503,31 +530,13 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     real_features, real_meta, cache_hit = cached_features(cache_key, compute_real, cache_dir)
 
-    if pipe is not None:
-        labels = sample_class_labels(real_table["label"], protocol.num_generated, args.seed)
-        names = real_table.features["label"].names
-        conditions = labels if pipe.is_class_conditional else [class_to_caption(names[i]) for i in labels]
-        generated_clips = pipeline_clips(pipe, conditions, args.batch_size, args.num_inference_steps,
-                                         args.guidance_scale, args.seed)
-        generated_source = {"pipeline": str(Path(args.pipeline).resolve()), "num_inference_steps": args.num_inference_steps,
-                            "guidance_scale": args.guidance_scale}
-    else:
-        generated_clips = VideoClipSet(
-            generated_paths, protocol.num_generated, protocol.num_frames, args.resolution, args.fps, args.seed
-        )
-        generated_source = {"generated_dir": str(Path(args.generated_dir).resolve()), "num_videos": len(generated_paths)}
+    generated_clips, generated_source, labels = _generated_clips(args, pipe, real_table, generated_paths, protocol)
     fvd, generated_features = fvd_from_generator(generated_clips, real_features, i3d, protocol, args.batch_size)
     interval = fvd_bootstrap(real_features, generated_features, args.bootstrap_resamples, seed=args.seed)
     class_accuracy = None
     if pipe is not None and not args.no_class_accuracy:
-        from .class_probe import format_sample_class_accuracies, sample_class_accuracies
-
-        id2label = {str(k): v for k, v in (pipe.config.id2label or {}).items()}
-        # A class-conditional pipeline's ids must mean the data root's classes: checked against the probes'.
-        label_names = ([id2label.get(str(k)) for k in range(pipe.transformer.config.num_classes)]
-                       if pipe.is_class_conditional and id2label else names)
-        class_accuracy = sample_class_accuracies(_class_probes(args, i3d, pipe), generated_features,
-                                                 labels[: len(generated_features)], label_names)
+        class_accuracy = _sample_class_accuracy(args, i3d, pipe, generated_features, labels,
+                                                real_table.features["label"].names)
 
     report = {
         "fvd": fvd,
@@ -554,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     origin = f"the pipeline {args.pipeline}" if pipe is not None else f"{len(generated_paths)} videos"
     _print_summary(report, protocol, real_meta, origin, args.output)
     if class_accuracy is not None:
+        from .class_probe import format_sample_class_accuracies
+
         print(format_sample_class_accuracies(class_accuracy))
     print(format_fvd_interval(interval))
     print(f"FVD {fvd:.4f}")  # the last line: the figure alone, for scripts

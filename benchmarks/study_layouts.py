@@ -33,7 +33,6 @@ from vidtwin_gen.evaluation.class_probe import (
 from vidtwin_gen.evaluation.fvd import extract_features, format_fvd_interval, fvd_bootstrap, pipeline_clips
 from vidtwin_gen.evaluation.i3d import load_i3d
 from vidtwin_gen.models import AutoencoderVidTwin, VidTwinTransformer3DModel
-from vidtwin_gen.models.transformer_vidtwin import VIDTWIN_TOKEN_LAYOUTS
 from vidtwin_gen.training import train_dit
 
 

@@ -34,7 +34,7 @@ from .data.embedded import CLASSES as EMBEDDED_CLASSES
 from .data.embedded import make_embedded_dataset
 from .data.export import decoded_to_frames, export_videos
 from .data.latent_cache import encode_dataset
-from .data.ucf101 import UCF101Clips, load_ucf101
+from .data.ucf101 import UCF101Clips
 from .evaluation.class_probe import format_sample_class_accuracies, generator_probes, sample_class_accuracies
 from .evaluation.fvd import extract_features, format_fvd_interval, fvd_bootstrap, pipeline_clips
 from .evaluation.i3d import load_i3d

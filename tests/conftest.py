@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from vidtwin_gen.data import make_embedded_dataset
 
@@ -44,3 +45,14 @@ def tiny_embedded_options():
 def embedded_root(make_embedded):
     """Root of the default tiny embedded data set (read-only)."""
     return make_embedded()
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    """A randomly initialised tiny autoencoder (8 frames of 32x32) saved as a diffusers folder."""
+    from vidtwin_gen import AutoencoderVidTwin
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae")
+    AutoencoderVidTwin.from_preset("tiny").save_pretrained(path)
+    return path

@@ -12,7 +12,6 @@ import pytest
 import torch
 from helpers import kill_when_written
 
-from vidtwin_gen import AutoencoderVidTwin
 from vidtwin_gen.data.latent_cache import load_latent_cache, main
 
 pytestmark = pytest.mark.slow  # each launch starts two Python processes (~20 s on a loaded CPU)
@@ -38,14 +37,6 @@ def launch(arguments: list[str]) -> list[str]:
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vae")
-    AutoencoderVidTwin.from_preset("tiny").save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,6 @@ from vidtwin_gen.models import AutoencoderVidTwin
 from vidtwin_gen.evaluation.lpips import FEATURE_CHANNELS, LPIPS
 
 
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    """A randomly initialised tiny autoencoder (8 frames of 32x32) saved as a diffusers folder."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vae")
-    AutoencoderVidTwin.from_preset("tiny").save_pretrained(path)
-    return path
-
-
 def test_eval_recon_ucf_split_matches_direct_computation(vae_dir, embedded_root, tmp_path, capsys):
     output = tmp_path / "recon.json"
     assert main(["--vae", str(vae_dir), "--data-root", str(embedded_root), "--split", "1", "--subset", "test",

@@ -268,3 +268,20 @@ def test_importing_fvd_does_not_import_the_pipeline():
     code = "import sys, vidtwin_gen.evaluation.fvd; print('vidtwin_gen.pipelines' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_pipeline_clips_are_the_pipelines_own_videos():
+    """The clips scored by FVD and the class probes are exactly what `pipe(...)` returns, also for a pipeline
+    whose latent statistics are not 0 / 1 (its latents must be denormalised before the VAE decodes them)."""
+    from test_pipeline import tiny_pipeline
+
+    from vidtwin_gen.evaluation.fvd import pipeline_clips
+
+    pipe = tiny_pipeline(structure_latent_mean=[0.5] * 4, structure_latent_std=[2.0] * 4)
+    clips = torch.stack(list(pipeline_clips(pipe, [0, 2], batch_size=2, num_inference_steps=2, seed=3)))
+    generators = [torch.Generator().manual_seed(3 + i) for i in range(2)]
+    frames = pipe(class_labels=[0, 2], num_inference_steps=2, guidance_scale=4.0, generator=generators,
+                  output_type="pt").frames  # (B, T, 3, H, W) in [0, 1]
+    expected = frames.permute(0, 2, 1, 3, 4) * 2 - 1
+    assert clips.shape == expected.shape
+    torch.testing.assert_close(clips, expected, atol=1e-5, rtol=0)

@@ -358,9 +358,10 @@ def pipeline_clips(
         chunk = list(conditions[start : start + batch_size])
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
         latents = pipe(**{key: chunk}, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                       generator=generators, output_type="latent").frames  # packed VAE latents (B, N)
+                       generator=generators, output_type="latent").frames  # (B, N), the denoiser's normalised space
         # Decoder output is already I3D's layout (B, 3, T, H, W); clamped to the [-1, 1] of real clips.
-        videos = pipe.vae.decode(latents.to(pipe.vae.dtype)).sample.float().clamp(-1, 1).cpu()
+        latents = pipe.denormalize_latents(latents).to(pipe.vae.dtype)
+        videos = pipe.vae.decode(latents).sample.float().clamp(-1, 1).cpu()
         yield from videos
 
 

@@ -11,6 +11,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers import perturb_
 from test_pipeline import STEPS, tiny_pipeline
 
 from vidtwin_gen import VidTwinPipeline
@@ -290,3 +291,24 @@ def test_prompt_switches_at_chunk_boundaries(monkeypatch):
         torch.testing.assert_close(state[1:], expected)  # after the negative (empty) prompt
     with pytest.raises(ValueError, match="chunk_prompts needs one entry per chunk generated: 2"):
         pipe(chunk_prompts=prompts[:1], num_frames=2 * T, context_chunks=0)
+
+
+# ------------------------------------------------------------------ with a real context model
+
+
+def test_a_context_model_uses_its_context_end_to_end(tmp_path):
+    pipe = tiny_pipeline(num_context_chunks=2)
+    perturb_(pipe.transformer, seed=1, scale=0.2)  # a context path strong enough to see in the frames
+    with_context = run(pipe, [0, 1], num_frames=3 * T)
+    independent = run(pipe, [0, 1], num_frames=3 * T, context_chunks=0)
+    assert with_context.shape == (2, 3 * T, 32, 32, 3) and np.isfinite(with_context).all()
+    np.testing.assert_array_equal(with_context[:, :T], independent[:, :T])  # the first chunk has no context
+    assert np.abs(with_context[:, T:] - independent[:, T:]).max() > 1e-3  # the later ones depend on it
+    clips = torch.rand(2, 3, T, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    continued = [run(pipe, [0], video=clip[None], output_type="latent") for clip in clips]
+    assert (continued[0] - continued[1]).abs().max() > 1e-3  # what comes next depends on the clip
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = VidTwinPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.num_context_chunks == 2
+    np.testing.assert_allclose(run(loaded, [0, 1], num_frames=3 * T), with_context, atol=1e-5)

@@ -11,6 +11,12 @@ Latent spaces: every latent this pipeline takes or returns (`__call__(output_typ
 `structure_latents` / `dynamics_latents`, `interpolate`, `reenact(output_type="latent")`) lives in the
 denoiser's normalised space, where both parts have unit scale. `pipe.decode_latents(latents)` decodes them;
 `pipe.denormalize_latents(latents)` maps them back to the VAE's space (what `pipe.vae.decode` takes).
+
+Videos of any length: `pipe(..., num_frames=N)` makes ceil(N / T) chunks of the VAE's T frames one after another,
+each conditioned on the clean latents of the chunks before it (a transformer with `num_context_chunks` > 0);
+`pipe(..., video=clip)` continues a clip; `chunk_class_labels` / `chunk_prompts` switch the condition at chunk
+boundaries, and `structure_latents` / `dynamics_latents` hold a part in every chunk or chunk by chunk. Latents of
+K chunks are packed as a tiled encode's, (B, K*N): `split_chunk_latents` / `join_chunk_latents` convert.
 """
 
 import difflib

@@ -127,7 +127,7 @@ def test_single_chunk_caches_keep_their_format(vae, embedded_root, tmp_path):
     assert set(cache.dataset.column_names) == {"structure_mean", "structure_std", "dynamics_mean", "dynamics_std",
                                                "label", "caption", "path", "clip_index"}
     with pytest.raises(ValueError, match="--chunks-per-clip"):
-        check_multi_chunk(cache, output)
+        check_multi_chunk(cache.dataset, output)
     with pytest.raises(ValueError, match="single-chunk cache.*--chunks-per-clip"):
         ContextChunks(cache.dataset, 1)
     # A cache written before `chunks_per_clip` existed (no key in its manifest) is a single-chunk cache: the same
@@ -142,7 +142,7 @@ def test_single_chunk_caches_keep_their_format(vae, embedded_root, tmp_path):
 
 
 def test_context_samples_hold_the_chunks_before_them(chunk_cache, vae, embedded_root, tmp_path):
-    check_multi_chunk(chunk_cache, "the cache")  # two chunks per video: fine
+    check_multi_chunk(chunk_cache.dataset, "the cache")  # two chunks per video: fine
     samples = ContextChunks(chunk_cache.dataset, 2)
     assert len(samples) == 12
     first, second = samples[2], samples[3]  # video 1: chunk 0, then chunk 1

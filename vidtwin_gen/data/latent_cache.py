@@ -373,15 +373,16 @@ def load_latent_cache(path) -> LatentCache:
     )
 
 
-def check_multi_chunk(cache: LatentCache, path) -> None:
-    """Raise unless the cache holds a video with 2 or more chunks: what training with context needs."""
-    dataset = cache.dataset
-    if "num_chunks" not in dataset.column_names or int(dataset.with_format("numpy", columns=["num_chunks"])[:]["num_chunks"].max()) < 2:
+def check_multi_chunk(dataset: datasets.Dataset, path) -> None:
+    """Raise unless a cache's dataset holds a video with 2 or more chunks: what training with context needs."""
+    if "num_chunks" not in dataset.column_names or int(
+        dataset.with_format("numpy", columns=["num_chunks"])[:]["num_chunks"].max()
+    ) < 2:
         raise ValueError(
-            f"latent cache {path} holds no video with 2 or more consecutive chunks (made with chunks_per_clip="
-            f"{cache.manifest.get('chunks_per_clip', 1)}), and a long-video config (model.num_context_chunks > 0) trains "
-            "on consecutive chunks: encode the data set with `vidtwin-gen encode-dataset --chunks-per-clip 3` (each video "
-            "gives as many chunks as it holds at --target-fps), or train a config without num_context_chunks"
+            f"latent cache {path} holds no video with 2 or more consecutive chunks (a single-chunk cache, or videos too "
+            "short for two chunks), and a long-video config (model.num_context_chunks > 0) trains on consecutive "
+            "chunks: encode the data set with `vidtwin-gen encode-dataset --chunks-per-clip 3` (each video gives as "
+            "many chunks as it holds at --target-fps), or train a config without num_context_chunks"
         )
 
 

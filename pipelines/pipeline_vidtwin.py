@@ -553,8 +553,8 @@ class VidTwinPipeline(DiffusionPipeline):
                 raise ValueError(
                     f"{asked} needs a long-video model, and this pipeline's transformer has no context "
                     "(num_context_chunks=0): its chunks would be independent clips with a jump at every seam. Train "
-                    "one with a train_configs/dit/*_long.yaml config, or pass context_chunks=0 to generate "
-                    "independent chunks on purpose"
+                    "one with a train_configs/dit/*_long.yaml config, or pass context_chunks=0 (vidtwin-gen "
+                    "generate --context-chunks 0) to generate independent chunks on purpose"
                 )
             return available
         if isinstance(context_chunks, bool) or not isinstance(context_chunks, (int, np.integer)) or not (

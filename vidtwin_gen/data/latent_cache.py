@@ -26,10 +26,11 @@ r - chunk_index .. r - 1 (`ContextChunks` reads them). Videos too short for N ch
 they hold (one, padded, if shorter than a chunk): they still train first chunks. The manifest records
 `chunks_per_clip` (a cache from before it existed is a single-chunk cache) and how many videos gave how many
 chunks ("videos_by_num_chunks"); the statistics stay per channel over all rows. A single-chunk cache
-(N = 1, the default) has exactly the columns it always had. Work is done in shards, each written to a temporary folder
-and renamed when complete, so an interrupted run continues where it stopped when rerun with the same
-arguments and never duplicates rows. Unreadable videos are skipped, logged and counted (manifest
-"num_skipped").
+(N = 1, the default) has exactly the columns it always had.
+
+Work is done in shards (of videos), each written to a temporary folder and renamed when complete, so an
+interrupted run continues where it stopped when rerun with the same arguments and never duplicates rows.
+Unreadable videos are skipped, logged and counted (manifest "num_skipped").
 
 Several processes share the work when launched with Accelerate (same arguments as `encode-dataset`):
 

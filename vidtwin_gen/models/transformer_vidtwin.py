@@ -889,7 +889,8 @@ transformer = VidTwinTransformer3DModel.from_pretrained("path/to/this/folder")
         tokens = (tokens + chunk_embed[None, :, None]).flatten(1, 2)  # (B, K * N, D)
         if context_mask is None:
             return tokens, None
-        present = context_mask[:, None].expand(batch_size, k) if context_mask.ndim == 1 else context_mask  # (B, K)
+        present = context_mask.to(tokens.device)
+        present = present[:, None].expand(batch_size, k) if present.ndim == 1 else present  # (B, K)
         keys = torch.cat(
             [present.new_ones(batch_size, self.num_tokens), present.repeat_interleave(self.num_tokens, dim=1)], dim=1
         )  # (B, N + K * N): the noisy chunk's own tokens are always visible

@@ -11,6 +11,12 @@ Latent spaces: every latent this pipeline takes or returns (`__call__(output_typ
 `structure_latents` / `dynamics_latents`, `interpolate`, `reenact(output_type="latent")`) lives in the
 denoiser's normalised space, where both parts have unit scale. `pipe.decode_latents(latents)` decodes them;
 `pipe.denormalize_latents(latents)` maps them back to the VAE's space (what `pipe.vae.decode` takes).
+
+Videos of any length: `pipe(..., num_frames=N)` makes ceil(N / T) chunks of the VAE's T frames one after another,
+each conditioned on the clean latents of the chunks before it (a transformer with `num_context_chunks` > 0);
+`pipe(..., video=clip)` continues a clip; `chunk_class_labels` / `chunk_prompts` switch the condition at chunk
+boundaries, and `structure_latents` / `dynamics_latents` hold a part in every chunk or chunk by chunk. Latents of
+K chunks are packed as a tiled encode's, (B, K*N): `split_chunk_latents` / `join_chunk_latents` convert.
 """
 
 import difflib
@@ -18,6 +24,7 @@ import json
 import math
 import os
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -84,8 +91,9 @@ class VidTwinPipelineOutput(BaseOutput):
     """
     Args:
         frames: np.ndarray (B, T, H, W, 3) in [0, 1], a torch.Tensor (B, T, 3, H, W), a list of lists of PIL
-            images, or for `output_type="latent"` the packed joint latents (B, N) the denoiser produced, in its
-            normalised space: decode them with `pipe.decode_latents(frames)`.
+            images, with T the `num_frames` asked for; or for `output_type="latent"` the packed joint latents the
+            denoiser produced, in its normalised space: (B, N) for one chunk, (B, K*N) for K chunks laid out as a
+            tiled encode. Decode them with `pipe.decode_latents(frames, num_frames=T)`.
     """
 
     frames: np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]
@@ -469,8 +477,12 @@ class VidTwinPipeline(DiffusionPipeline):
             return self.scheduler.scale_noise(clean, timestep, noise)
         return self.scheduler.add_noise(clean, noise, timestep)
 
-    def _fixed_parts(self, batch_size: int, structure_latents, dynamics_latents, device) -> dict[str, torch.Tensor]:
-        """Parts to hold fixed (normalised), broadcast to the batch: {"structure": (B, d_S, ...), ...}."""
+    def _fixed_parts(
+        self, batch_size: int, structure_latents, dynamics_latents, num_chunks: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """Parts to hold fixed, normalised, float32, left where the caller keeps them (a chunk's slice moves to the
+        device when that chunk is generated): {"structure": (b, d_S, n_q*K, h_S, w_S), "dynamics":
+        (b, d_D, t*K, w_D + h_D)}, b in (1, B), K = 1 (held in every chunk) or `num_chunks` (one per chunk)."""
         fixed = {}
         for part, value, shape in (
             ("structure", structure_latents, self.vae.structure_latent_shape),
@@ -478,14 +490,31 @@ class VidTwinPipeline(DiffusionPipeline):
         ):
             if value is None:
                 continue
-            if value.ndim != len(shape) + 1 or tuple(value.shape[1:]) != tuple(shape):
-                raise ValueError(f"{part}_latents must be (B, {', '.join(map(str, shape))}), got {tuple(value.shape)}")
+            # Chunks lie along dim 2 (n_q for the structure, t for the dynamics), as in a tiled encode.
+            per_chunk = shape[1]
+            chunks = value.shape[2] // per_chunk if value.ndim == len(shape) + 1 else 0
+            if chunks not in (1, num_chunks) or tuple(value.shape[1:]) != (shape[0], chunks * per_chunk, *shape[2:]):
+                one_per_chunk = ", ".join(map(str, (shape[0], f"{per_chunk}*K", *shape[2:])))
+                raise ValueError(
+                    f"{part}_latents must be (B, {', '.join(map(str, shape))}), held in every chunk, or "
+                    f"(B, {one_per_chunk}) with K = {num_chunks} (the chunks generated), one per chunk as "
+                    f"`pipe.vae.unpack_latents` gives them for a tiled encode; got {tuple(value.shape)}"
+                )
             if value.shape[0] not in (1, batch_size):
                 raise ValueError(f"{part}_latents has batch {value.shape[0]}; expected 1 or {batch_size}")
-            fixed[part] = value.to(device, torch.float32).expand(batch_size, *shape)
+            fixed[part] = value.float()
         if len(fixed) == 2:
             raise ValueError("holding both parts fixed leaves nothing to generate; decode with the VAE instead")
         return fixed
+
+    def _fixed_chunk(self, fixed: dict, chunk: int, batch_size: int, device) -> dict[str, torch.Tensor]:
+        """The held parts of chunk `chunk` (0-based) on `device`, broadcast to the batch."""
+        held = {}
+        for part, value in fixed.items():
+            shape = self.vae.structure_latent_shape if part == "structure" else self.vae.dynamics_latent_shape
+            start = (chunk if value.shape[2] > shape[1] else 0) * shape[1]
+            held[part] = value[:, :, start : start + shape[1]].to(device).expand(batch_size, *shape)
+        return held
 
     def _with_fixed(self, latents: torch.Tensor, fixed: dict, noise: torch.Tensor, timestep) -> torch.Tensor:
         if not fixed:
@@ -495,6 +524,184 @@ class VidTwinPipeline(DiffusionPipeline):
         for part, clean in fixed.items():
             parts[part] = clean if timestep is None else self._noised(clean, noise_parts[part], timestep)
         return self.vae.pack_latents(parts["structure"], parts["dynamics"])
+
+    # ------------------------------------------------------------------ chunks (videos of any length)
+
+    @property
+    def num_context_chunks(self) -> int:
+        """How many previous chunks the transformer conditions on (0: a single-chunk model)."""
+        return int(getattr(self.transformer.config, "num_context_chunks", 0) or 0)
+
+    def split_chunk_latents(self, latents: torch.Tensor) -> list[torch.Tensor]:
+        """Packed latents of K chunks (B, K*N), laid out as a tiled encode's (all structures, then all dynamics),
+        -> the K chunks' packed latents (B, N), in order."""
+        structure, dynamics = self.vae.unpack_latents(latents)
+        n_q, t = self.vae.structure_latent_shape[1], self.vae.dynamics_latent_shape[1]
+        return [self.vae.pack_latents(s, d) for s, d in zip(structure.split(n_q, dim=2), dynamics.split(t, dim=2))]
+
+    def join_chunk_latents(self, chunks: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of `split_chunk_latents`: K packed chunks (B, N) -> (B, K*N), what `decode_latents` takes."""
+        structures, dynamics = zip(*(self.vae.unpack_latents(chunk) for chunk in chunks))
+        return self.vae.pack_latents(torch.cat(structures, dim=2), torch.cat(dynamics, dim=2))
+
+    def _check_context_chunks(self, context_chunks, num_chunks: int, num_frames: int, video) -> int:
+        available = self.num_context_chunks
+        if context_chunks is None:
+            if available == 0 and (num_chunks > 1 or video is not None):
+                asked = ("video=... (continuing a clip)" if video is not None
+                         else f"num_frames={num_frames} ({num_chunks} chunks of {self.vae.sample_shape[1]} frames)")
+                raise ValueError(
+                    f"{asked} needs a long-video model, and this pipeline's transformer has no context "
+                    "(num_context_chunks=0): its chunks would be independent clips with a jump at every seam. Train "
+                    "one with a train_configs/dit/*_long.yaml config, or pass context_chunks=0 (vidtwin-gen "
+                    "generate --context-chunks 0) to generate independent chunks on purpose"
+                )
+            return available
+        if isinstance(context_chunks, bool) or not isinstance(context_chunks, (int, np.integer)) or not (
+            0 <= context_chunks <= available
+        ):
+            raise ValueError(
+                f"context_chunks must be an integer in [0, {available}] (the transformer's num_context_chunks), "
+                f"got {context_chunks!r}"
+            )
+        if context_chunks == 0 and video is not None:
+            raise ValueError(
+                "video=... is continued through the model's context, which context_chunks=0 switches off: pass "
+                "context_chunks >= 1 (or None for the model's num_context_chunks)"
+            )
+        return int(context_chunks)
+
+    def _video_context(self, video, context_chunks: int, batch_size: int) -> list[torch.Tensor]:
+        """Clean normalised latents (B, N) of the last `context_chunks` whole T-frame chunks of `video`, oldest
+        first, counted back from its last frame (so F need not be a multiple of T)."""
+        if video is None:
+            return []
+        frames = self.vae.sample_shape[1]
+        if not torch.is_tensor(video) or video.ndim != 5:
+            raise ValueError(
+                f"video must be a tensor (B, 3, F, H, W) in [-1, 1] (the clip to continue), got "
+                f"{tuple(video.shape) if torch.is_tensor(video) else type(video).__name__}"
+            )
+        if video.shape[0] not in (1, batch_size):
+            raise ValueError(f"video has batch {video.shape[0]}; expected 1 (continued in every video) or {batch_size}")
+        if video.shape[2] < frames:
+            raise ValueError(
+                f"video has {video.shape[2]} frames; continuing a clip needs at least {frames} (one chunk of the VAE)"
+            )
+        count, end = min(context_chunks, video.shape[2] // frames), video.shape[2]
+        starts = [end - (count - i) * frames for i in range(count)]
+        return [self.encode_video(video[:, :, start : start + frames]).expand(batch_size, -1) for start in starts]
+
+    def _context_inputs(self, history: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The transformer's context for clean previous chunks (B, N) each, oldest first: `context_structure`
+        (B, K, d_S, n_q, h_S, w_S) and `context_dynamics` (B, K, d_D, t, w_D + h_D), stacked twice when guiding
+        (guidance is on the class / text condition; the context is the same in both branches); {} for none."""
+        if not history:
+            return {}
+        structure, dynamics = zip(*(self.vae.unpack_latents(chunk) for chunk in history))
+        context = {"context_structure": torch.stack(structure, dim=1), "context_dynamics": torch.stack(dynamics, dim=1)}
+        if self.do_classifier_free_guidance:
+            context = {key: torch.cat([value] * 2) for key, value in context.items()}
+        return context
+
+    def _chunk_noise(self, latents: torch.Tensor | None, num_chunks: int, batch_size: int) -> list:
+        """The given initial noise per chunk (None: drawn from `generator` chunk by chunk)."""
+        if latents is None:
+            return [None] * num_chunks
+        if num_chunks == 1:
+            return [latents]  # checked by prepare_latents
+        shape = (batch_size, num_chunks * self.latent_size)
+        if not torch.is_tensor(latents) or tuple(latents.shape) != shape:
+            raise ValueError(
+                f"latents must have shape {shape} (videos, {num_chunks} chunks x vae.latent_size, packed as a tiled "
+                f"encode: see join_chunk_latents), got {tuple(getattr(latents, 'shape', ()))}"
+            )
+        return self.split_chunk_latents(latents)
+
+    def _condition_schedule(self, num_chunks: int, class_labels, prompt, chunk_class_labels, chunk_prompts,
+                            prompt_embeds) -> list[tuple]:
+        """(class labels, prompt) for each chunk: one entry per chunk from `chunk_class_labels` / `chunk_prompts`,
+        otherwise `class_labels` / `prompt` for every chunk."""
+        for name, per_chunk, single_name, single in (("chunk_class_labels", chunk_class_labels, "class_labels", class_labels),
+                                                     ("chunk_prompts", chunk_prompts, "prompt", prompt)):
+            if per_chunk is None:
+                continue
+            if single is not None:
+                raise ValueError(f"pass {single_name} (the same in every chunk) or {name} (one per chunk), not both")
+            if not isinstance(per_chunk, (list, tuple)) or len(per_chunk) != num_chunks:
+                got = f"{len(per_chunk)} entries" if isinstance(per_chunk, (list, tuple)) else type(per_chunk).__name__
+                raise ValueError(
+                    f"{name} needs one entry per chunk generated: {num_chunks} (num_frames / "
+                    f"{self.vae.sample_shape[1]} frames per chunk, rounded up), got {got}"
+                )
+        if chunk_prompts is not None and prompt_embeds is not None:
+            raise ValueError("chunk_prompts are encoded by the pipeline's text encoder: pass them without prompt_embeds")
+        labels = list(chunk_class_labels) if chunk_class_labels is not None else [class_labels] * num_chunks
+        prompts = list(chunk_prompts) if chunk_prompts is not None else [prompt] * num_chunks
+        return list(zip(labels, prompts))
+
+    def _chunk_conditions(self, schedule: list[tuple], text_inputs: dict, num_videos_per_prompt: int, device,
+                          max_sequence_length: int) -> list[dict[str, torch.Tensor]]:
+        """`prepare_conditions` for each chunk of `schedule`, computed (and text encoded) once per distinct entry."""
+        conditions, cache = [], {}
+        for index, (labels, text) in enumerate(schedule):
+            if index and self.is_text_conditional and text is not None:
+                self._check_text_inputs(text, text_inputs["negative_prompt"], None,
+                                        text_inputs["negative_prompt_embeds"], None,
+                                        text_inputs["negative_prompt_attention_mask"])
+            key = (None if labels is None else tuple(self.get_label_ids(labels)),
+                   None if text is None else tuple([text] if isinstance(text, str) else text))
+            if key not in cache:
+                cache[key] = self._encode_conditions(labels, text, text_inputs, num_videos_per_prompt, device,
+                                                     max_sequence_length)
+            conditions.append(cache[key])
+        videos = [next(iter(c.values())).shape[0] for c in conditions]
+        if len(set(videos)) > 1:
+            first_other = next(i for i, n in enumerate(videos) if n != videos[0])
+            raise ValueError(
+                f"every chunk needs the same number of videos: chunk {first_other}'s condition gives "
+                f"{videos[first_other] // (2 if self.do_classifier_free_guidance else 1)}, chunk 0's "
+                f"{videos[0] // (2 if self.do_classifier_free_guidance else 1)}"
+            )
+        return conditions
+
+    def _encode_conditions(self, labels, text, text_inputs: dict, num_videos_per_prompt: int, device,
+                           max_sequence_length: int) -> dict[str, torch.Tensor]:
+        """One chunk's conditions: the prompt encoded (text-conditional pipelines), then `prepare_conditions`."""
+        embeds = {key: text_inputs[key] for key in ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                                                    "negative_prompt_attention_mask")}
+        if self.is_text_conditional:
+            negative = text_inputs["negative_prompt"]
+            encoded = self.encode_prompt(
+                text, self.do_classifier_free_guidance, "" if negative is None else negative, num_videos_per_prompt,
+                device, embeds["prompt_embeds"], embeds["negative_prompt_embeds"], embeds["prompt_attention_mask"],
+                embeds["negative_prompt_attention_mask"], max_sequence_length,
+            )
+            embeds = dict(zip(("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+                               "negative_prompt_attention_mask"), encoded))
+        return self.prepare_conditions(labels, embeds["prompt_embeds"], embeds["prompt_attention_mask"],
+                                       embeds["negative_prompt_embeds"], embeds["negative_prompt_attention_mask"],
+                                       num_videos_per_prompt, device)
+
+    def _chunk_output(self, latents: torch.Tensor, output_type: str, num_chunks: int):
+        """A finished chunk as it is kept until the end: decoded at once (on the CPU when there are several
+        chunks), so that only the context latents stay on the device."""
+        if output_type == "latent":
+            return latents if num_chunks == 1 else latents.cpu()
+        frames = self.decode_latents(latents, output_type)
+        return frames.cpu() if num_chunks > 1 and torch.is_tensor(frames) else frames
+
+    def _join_chunk_outputs(self, outputs: list, output_type: str, num_frames: int):
+        """The chunks' outputs joined along time and trimmed to `num_frames` (latents: (B, K*N), not trimmed)."""
+        if output_type == "latent":
+            return outputs[0] if len(outputs) == 1 else self.join_chunk_latents(outputs)
+        if output_type == "pil":
+            return [[frame for chunk in outputs for frame in chunk[i]][:num_frames] for i in range(len(outputs[0]))]
+        if len(outputs) == 1:
+            frames = outputs[0]
+        else:
+            frames = torch.cat(outputs, dim=1) if torch.is_tensor(outputs[0]) else np.concatenate(outputs, axis=1)
+        return frames[:, :num_frames]
 
     # ------------------------------------------------------------------ generation
 
@@ -509,6 +716,11 @@ class VidTwinPipeline(DiffusionPipeline):
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+    @property
+    def current_chunk(self) -> int:
+        """The chunk being generated (0-based), e.g. for `callback_on_step_end`."""
+        return self._current_chunk
 
     @property
     def interrupt(self) -> bool:
@@ -550,8 +762,11 @@ class VidTwinPipeline(DiffusionPipeline):
             self.scheduler.set_begin_index(0)  # lets scale_noise index the schedule without a search per sample
         return self.scheduler.timesteps
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: dict) -> torch.Tensor:
-        """The transformer's (guided) prediction (B, N) for packed latents (B, N) at `timestep`."""
+    def predict(
+        self, latents: torch.Tensor, timestep: torch.Tensor, conditions: dict, context: dict | None = None
+    ) -> torch.Tensor:
+        """The transformer's (guided) prediction (B, N) for packed latents (B, N) at `timestep`; `context` holds
+        the previous chunks as `_context_inputs` gives them (already doubled when guiding)."""
         model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
         if hasattr(self.scheduler, "scale_model_input"):
             model_input = self.scheduler.scale_model_input(model_input, timestep)
@@ -559,13 +774,35 @@ class VidTwinPipeline(DiffusionPipeline):
         prediction = self.transformer(
             structure, dynamics, timestep.expand(model_input.shape[0]),
             class_labels=conditions.get("class_labels"), encoder_hidden_states=conditions.get("prompt_embeds"),
-            encoder_attention_mask=conditions.get("prompt_attention_mask"),
+            encoder_attention_mask=conditions.get("prompt_attention_mask"), **(context or {}),
         )
         prediction = self.vae.pack_latents(prediction.structure, prediction.dynamics).float()
         if self.do_classifier_free_guidance:
             unconditional, conditional = prediction.chunk(2)
             prediction = unconditional + self.guidance_scale * (conditional - unconditional)
         return prediction
+
+    def denoise(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, conditions: dict, context: dict, fixed: dict,
+        fixed_noise: torch.Tensor | None, callback_on_step_end, callback_on_step_end_tensor_inputs: list[str],
+        progress_bar,
+    ) -> torch.Tensor:
+        """One chunk's denoising loop: initial noise (B, N) -> clean latents (B, N), the held parts restored."""
+        for step, timestep in enumerate(timesteps):
+            if self.interrupt:
+                break
+            latents = self._with_fixed(latents, fixed, fixed_noise, timestep)
+            prediction = self.predict(latents, timestep, conditions, context)
+            latents = self.scheduler.step(prediction, timestep, latents, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents, **conditions}
+                outputs = callback_on_step_end(
+                    self, step, timestep, {name: tensors.get(name) for name in callback_on_step_end_tensor_inputs}
+                )
+                latents = outputs.pop("latents", latents)
+                conditions.update({key: value for key, value in outputs.items() if key in conditions})
+            progress_bar.update()
+        return self._with_fixed(latents, fixed, fixed_noise, None)
 
     @torch.no_grad()
     def __call__(
@@ -584,6 +821,11 @@ class VidTwinPipeline(DiffusionPipeline):
         negative_prompt_attention_mask: torch.Tensor | None = None,
         structure_latents: torch.Tensor | None = None,
         dynamics_latents: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        video: torch.Tensor | None = None,
+        context_chunks: int | None = None,
+        chunk_class_labels: list | None = None,
+        chunk_prompts: list | None = None,
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
@@ -591,26 +833,53 @@ class VidTwinPipeline(DiffusionPipeline):
         max_sequence_length: int = 32,
     ) -> VidTwinPipelineOutput | tuple:
         r"""
+        Videos of any length are generated as consecutive chunks of the VAE's T frames (`pipe.vae.sample_shape[1]`),
+        one after another, each conditioned on the clean latents of the chunks before it (up to `context_chunks`).
+        Every chunk is decoded as soon as it is made, so memory stays that of one chunk plus its context.
+
         Args:
-            class_labels: class names or ids (class-conditional pipelines).
+            class_labels: class names or ids (class-conditional pipelines), the same in every chunk.
             prompt, negative_prompt: text (text-conditional pipelines); the negative prompt defaults to "".
             num_videos_per_prompt: videos per label / prompt.
-            num_inference_steps: denoising steps (>= 1).
-            guidance_scale: classifier-free guidance weight (>= 0); <= 1 disables guidance.
-            generator: one generator, or one per video (then a batch equals the videos generated one by one).
-            latents: initial noise, packed (B, N) with B = number of videos, N = `vae.latent_size`.
+            num_inference_steps: denoising steps (>= 1) per chunk.
+            guidance_scale: classifier-free guidance weight (>= 0); <= 1 disables guidance. Guidance is on the class
+                / text condition: both branches see the same context.
+            generator: one generator, or one per video (then a batch equals the videos generated one by one). Chunks
+                draw their noise from it one after another, so the first chunk is what a T-frame call gives.
+            latents: initial noise, packed (B, N) with B = number of videos, N = `vae.latent_size`; for K > 1 chunks
+                (B, K*N), laid out as a tiled encode (`join_chunk_latents` of K (B, N) tensors).
             prompt_embeds, prompt_attention_mask: text-encoder states (B, L, D) and mask (B, L) instead of
                 `prompt`, e.g. from `encode_prompt`; a pipeline saved without its text encoder runs from these.
             negative_prompt_embeds, negative_prompt_attention_mask: the same for the negative side (guidance).
-            structure_latents: hold the structure fixed (B or 1, d_S, n_q, h_S, w_S), normalised, e.g.
-                `pipe.vae.unpack_latents(pipe.encode_video(clip))[0]`, and generate new dynamics for it.
-            dynamics_latents: hold the dynamics fixed (B or 1, d_D, t, w_D + h_D) and generate the structure.
-            output_type: "np", "pil", "pt" or "latent" (the packed latents the denoiser produced, in its
-                normalised space; `pipe.decode_latents(latents)` turns them into frames).
-            callback_on_step_end: called as fn(pipe, step, timestep, tensors) after each step with the tensors
-                named in `callback_on_step_end_tensor_inputs` (from `_callback_tensor_inputs`; conditions are
-                the guidance-doubled ones the transformer gets); it may return a dict replacing them, and may set
-                `pipe._interrupt = True` to stop early.
+            structure_latents: hold the structure fixed and generate new dynamics for it, normalised: (B or 1, d_S,
+                n_q, h_S, w_S), e.g. `pipe.vae.unpack_latents(pipe.encode_video(clip))[0]`, held in every chunk; or
+                (B or 1, d_S, n_q*K, h_S, w_S) for K chunks, chunk k holding the k-th (what `unpack_latents` gives
+                for the tiled encode of a K*T-frame clip, `pipe.vae.enable_tiling()`).
+            dynamics_latents: hold the dynamics fixed, (B or 1, d_D, t, w_D + h_D) for every chunk or
+                (B or 1, d_D, t*K, w_D + h_D) one per chunk, and generate the structure.
+            num_frames: frames per video, any N >= 1 (default T): ceil(N / T) chunks, trimmed to N frames.
+            video: a clip to continue, (1 or B, 3, F, H, W) in [-1, 1] at the VAE's size, F >= T. Its last
+                `context_chunks` whole T-frame chunks, counted back from its last frame (so F need not be a multiple
+                of T; frames before them are not used), are encoded as the first chunk's context. The output holds
+                only the `num_frames` NEW frames, which follow the clip's last frame: the continued video is
+                `torch.cat([clip, new], dim=2)` (or along the frame axis of the output type).
+            context_chunks: how many previous chunks each chunk sees, 0 to the transformer's `num_context_chunks`
+                (None: all of them). 0 generates independent chunks: the naive baseline, and the only way a
+                context-free model (num_context_chunks=0) makes more than T frames.
+            chunk_class_labels: one entry per chunk (ceil(num_frames / T) of them), each what `class_labels`
+                takes, with the same number of videos in every chunk: switches class at chunk boundaries. Instead
+                of `class_labels`.
+            chunk_prompts: one prompt (or list of prompts) per chunk, instead of `prompt`; needs the text encoder.
+            output_type: "np", "pil", "pt" or "latent". "latent" gives the packed latents the denoiser produced, in
+                its normalised space: (B, N) for one chunk, (B, K*N) for K chunks laid out as a tiled encode (not
+                trimmed to `num_frames`; `pipe.decode_latents(latents, num_frames=num_frames)` turns them into
+                frames, `split_chunk_latents` into chunks). With several chunks, "pt" frames and latents are
+                returned on the CPU.
+            callback_on_step_end: called as fn(pipe, step, timestep, tensors) after each step of each chunk (`step`
+                counts within the chunk; `pipe.current_chunk` says which) with the tensors named in
+                `callback_on_step_end_tensor_inputs` (from `_callback_tensor_inputs`; conditions are the
+                guidance-doubled ones the transformer gets); it may return a dict replacing them, and may set
+                `pipe._interrupt = True` to stop early: the current chunk ends there and no further chunk is made.
             max_sequence_length: tokens per prompt.
 
         Returns:
@@ -618,58 +887,59 @@ class VidTwinPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        # 1. Check inputs.
-        self.check_inputs(class_labels, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+        # 1. Check inputs. ceil(num_frames / T) chunks, each seeing up to `context_chunks` chunks before it.
+        chunk_frames = self.vae.sample_shape[1]
+        num_frames = chunk_frames if num_frames is None else _count("num_frames", num_frames)
+        num_chunks = -(-num_frames // chunk_frames)
+        context_chunks = self._check_context_chunks(context_chunks, num_chunks, num_frames, video)
+        schedule = self._condition_schedule(num_chunks, class_labels, prompt, chunk_class_labels, chunk_prompts,
+                                            prompt_embeds)
+        self.check_inputs(schedule[0][0], schedule[0][1], negative_prompt, prompt_embeds, negative_prompt_embeds,
                           prompt_attention_mask, negative_prompt_attention_mask, num_videos_per_prompt,
                           num_inference_steps, guidance_scale, generator, callback_on_step_end_tensor_inputs)
         self._guidance_scale = guidance_scale
         self._interrupt = False
         device = self._execution_device
 
-        # 2. Encode the prompt (text-conditional pipelines).
-        if self.is_text_conditional:
-            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
-                self.encode_prompt(
-                    prompt, self.do_classifier_free_guidance, "" if negative_prompt is None else negative_prompt,
-                    num_videos_per_prompt, device, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
-                    negative_prompt_attention_mask, max_sequence_length,
-                )
-            )
+        # 2. Conditions per chunk (the prompt encoded for text-conditional pipelines), the null condition in front
+        # when guiding.
+        text_inputs = {"negative_prompt": negative_prompt, "prompt_embeds": prompt_embeds,
+                       "prompt_attention_mask": prompt_attention_mask, "negative_prompt_embeds": negative_prompt_embeds,
+                       "negative_prompt_attention_mask": negative_prompt_attention_mask}
+        conditions = self._chunk_conditions(schedule, text_inputs, num_videos_per_prompt, device, max_sequence_length)
+        batch_size = next(iter(conditions[0].values())).shape[0] // (2 if self.do_classifier_free_guidance else 1)
 
-        # 3. Conditions per video, the null condition in front when guiding.
-        conditions = self.prepare_conditions(class_labels, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
-                                             negative_prompt_attention_mask, num_videos_per_prompt, device)
-        batch_size = next(iter(conditions.values())).shape[0] // (2 if self.do_classifier_free_guidance else 1)
+        # 3. Given noise per chunk, the parts held fixed, and the context the given clip provides.
+        noise = self._chunk_noise(latents, num_chunks, batch_size)
+        fixed = self._fixed_parts(batch_size, structure_latents, dynamics_latents, num_chunks)
+        history = deque(self._video_context(video, context_chunks, batch_size), maxlen=max(context_chunks, 1))
 
-        # 4. Timesteps (before the noise: `init_noise_sigma` depends on them, e.g. for EulerDiscreteScheduler).
-        timesteps = self.set_timesteps(num_inference_steps, device)
-        self._num_timesteps = len(timesteps)
-
-        # 5. Initial noise and the parts held fixed.
-        latents = self.prepare_latents(batch_size, generator, latents, device)
-        fixed = self._fixed_parts(batch_size, structure_latents, dynamics_latents, device)
-        fixed_noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=torch.float32) if fixed else None
-
-        # 6. Denoising loop.
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for step, timestep in enumerate(timesteps):
+        # 4. Chunk after chunk: denoise, keep its clean latents as the next chunks' context, decode it at once.
+        outputs = []
+        with self.progress_bar(total=num_chunks * num_inference_steps) as progress_bar:
+            for chunk in range(num_chunks):
+                self._current_chunk = chunk
+                if num_chunks > 1:
+                    progress_bar.set_postfix_str(f"chunk {chunk + 1}/{num_chunks}")
+                # Timesteps before the noise (`init_noise_sigma` depends on them); set anew for every chunk, which
+                # also resets the scheduler's step index and multistep history.
+                timesteps = self.set_timesteps(num_inference_steps, device)
+                self._num_timesteps = len(timesteps)
+                chunk_latents = self.prepare_latents(batch_size, generator, noise[chunk], device)
+                held = self._fixed_chunk(fixed, chunk, batch_size, device)
+                held_noise = randn_tensor(chunk_latents.shape, generator=generator, device=device,
+                                          dtype=torch.float32) if held else None
+                context = self._context_inputs(list(history)) if context_chunks else {}
+                chunk_latents = self.denoise(chunk_latents, timesteps, conditions[chunk], context, held, held_noise,
+                                             callback_on_step_end, callback_on_step_end_tensor_inputs, progress_bar)
+                if context_chunks:
+                    history.append(chunk_latents)
+                outputs.append(self._chunk_output(chunk_latents, output_type, num_chunks))
                 if self.interrupt:
                     break
-                latents = self._with_fixed(latents, fixed, fixed_noise, timestep)
-                prediction = self.predict(latents, timestep, conditions)
-                latents = self.scheduler.step(prediction, timestep, latents, return_dict=False)[0]
-                if callback_on_step_end is not None:
-                    tensors = {"latents": latents, **conditions}
-                    outputs = callback_on_step_end(
-                        self, step, timestep, {name: tensors.get(name) for name in callback_on_step_end_tensor_inputs}
-                    )
-                    latents = outputs.pop("latents", latents)
-                    conditions.update({key: value for key, value in outputs.items() if key in conditions})
-                progress_bar.update()
-        latents = self._with_fixed(latents, fixed, fixed_noise, None)
 
-        # 7. Decode (output_type="latent" returns the denoiser's latents as they are).
-        frames = latents if output_type == "latent" else self.decode_latents(latents, output_type)
+        # 5. The chunks joined and trimmed to num_frames ("latent": the denoiser's latents as they are).
+        frames = self._join_chunk_outputs(outputs, output_type, num_frames)
         self.maybe_free_model_hooks()
         return VidTwinPipelineOutput(frames=frames) if return_dict else (frames,)
 

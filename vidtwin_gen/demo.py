@@ -101,12 +101,27 @@ def train_generator(out: Path, args) -> None:
 
 
 def write_samples(out: Path, pipe: VidTwinPipeline, class_names: list[str], args) -> None:
+    """`videos_per_class` one-chunk samples per class (OUT/samples, OUT/samples.png) and, from a long-video model,
+    one 64-frame sample per class made chunk after chunk (OUT/samples_long, OUT/samples_long.png: a row per chunk,
+    so each seam is the step from the end of a row to the start of the next)."""
     labels = [name for name in class_names for _ in range(args.videos_per_class)]
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(labels))]
     frames = pipe(class_labels=labels, generator=generators, **sampling_settings()).frames
     names = [f"{name}_{i % args.videos_per_class:02d}" for i, name in enumerate(labels)]
     export_videos(frames, out / "samples", names, FPS)
-    contact_sheet(list(frames), names).save(out / "samples.png")
+    long_frames, chunk = 64, pipe.vae.sample_shape[1]
+    if pipe.num_context_chunks:
+        generators = [torch.Generator().manual_seed(args.seed + len(labels) + i) for i in range(len(class_names))]
+        videos = pipe(class_labels=class_names, num_frames=long_frames, generator=generators, **sampling_settings()).frames
+        export_videos(videos, out / "samples_long", [f"{name}_{long_frames}f" for name in class_names], FPS)
+        starts = range(0, long_frames, chunk)
+        contact_sheet([video[start : start + chunk] for video in videos for start in starts],
+                      [f"{name} frames {start + 1}-{min(start + chunk, long_frames)}" for name in class_names
+                       for start in starts]).save(out / "samples_long.png")
+    else:
+        print(f"[samples] no {long_frames}-frame samples: this generator has no context chunks (a long-video model "
+              "comes from train_configs/dit/quickstart_class_long.yaml)")
+    contact_sheet(list(frames), names).save(out / "samples.png")  # last: its presence marks the stage done
 
 
 def write_decoupling(out: Path, data: Path, vae: AutoencoderVidTwin, class_names: list[str]) -> None:

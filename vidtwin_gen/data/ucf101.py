@@ -41,7 +41,7 @@ from torch.utils.data import default_collate
 
 from .video_folder import LAYOUT as VIDEO_FOLDER_LAYOUT
 from .video_folder import is_video_folder, load_video_folder
-from .video_io import VideoDecodeError, load_clip
+from .video_io import VideoDecodeError, iter_clips, load_clip
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +259,64 @@ class UCF101Clips(torch.utils.data.Dataset):
             return None
         return {"video": video, "label": row["label"], "caption": row["caption"], "path": row["path"],
                 "clip_index": clip_index}
+
+
+class UCF101Chunks(torch.utils.data.Dataset):
+    """Consecutive chunks of every video of a data root, for the long-video latent cache (`encode_dataset`'s
+    `chunks_per_clip`).
+
+    Item: {"video": (C, 3, T, H, W) float32 in [-1, 1], "num_chunks": C, "label": int, "caption": str, "path": str,
+    "video_index": int (the video's row in `load_video_index`)}, or None for a broken file (`collate_chunks`
+    counts it). The chunks are the first C <= `max_chunks` consecutive, non-overlapping T-frame clips at
+    `target_fps` from the video's first frame, centre-cropped (`video_io.iter_clips`): chunk k + 1 starts one
+    frame interval after chunk k ends, so they are the T-frame pieces the autoencoder encodes independently.
+    A video holds as many chunks as whole chunks fit (an incomplete tail is dropped; a video shorter than one
+    chunk gives one chunk padded with its last frame), so short videos give fewer than `max_chunks`.
+    """
+
+    def __init__(self, root, split: int = 1, subset: str = "train", num_frames: int = 16,
+                 size: int | tuple[int, int] = 128, target_fps: float | None = 8.0, max_chunks: int = 3):
+        if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 1:
+            raise ValueError(f"max_chunks must be an integer >= 1, got {max_chunks!r}")
+        self.dataset = load_video_index(root, split, subset)
+        self.num_frames, self.size, self.target_fps, self.max_chunks = num_frames, size, target_fps, max_chunks
+        self._logged: set[str] = set()
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dataset.features["label"].names
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | None:
+        row = self.dataset[index]
+        try:
+            # The whole list first: a file that fails after some chunks is skipped whole, never half-kept.
+            chunks = list(iter_clips(row["path"], self.num_frames, self.size, self.target_fps, self.max_chunks))
+        except VideoDecodeError as error:
+            if row["path"] not in self._logged:
+                self._logged.add(row["path"])
+                logger.warning("skipping unreadable video: %s", error)
+            return None
+        return {"video": torch.stack(chunks), "num_chunks": len(chunks), "label": row["label"],
+                "caption": row["caption"], "path": row["path"], "video_index": index}
+
+
+def collate_chunks(items: list[dict | None]) -> dict:
+    """Batch `UCF101Chunks` items, dropping failed ones: every video's chunks one after the other.
+
+    Returns:
+        {"video": (sum of C, 3, T, H, W), "num_chunks": (B,) long, "label", "video_index": (B,) long,
+        "caption", "path": [str] (per video), "num_skipped": int}; {"video": None, "num_skipped"} when all failed.
+    """
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return {"video": None, "num_skipped": len(items)}
+    batch = default_collate([{k: v for k, v in item.items() if k != "video"} for item in kept])
+    batch["video"] = torch.cat([item["video"] for item in kept])
+    batch["num_skipped"] = len(items) - len(kept)
+    return batch
 
 
 def collate_clips(items: list[dict | None]) -> dict:

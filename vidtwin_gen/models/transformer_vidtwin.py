@@ -22,6 +22,18 @@ DiT blocks: adaLN-Zero from timestep + class (+ pooled text) embedding, full sel
 optionally cross-attention to text-encoder states, MLP. A final adaLN and one zero-initialised
 linear head per part map tokens back to patches.
 
+Long videos (`num_context_chunks` C > 0): the model generates chunk k of a video given the clean latents of
+the K <= C chunks before it. Each context chunk is tokenised exactly like the noisy chunk (same patchify,
+input projections, positions and part embeddings) plus a learned chunk-position embedding ("chunk -1" for
+the most recent, up to "chunk -C"), and its N tokens are appended to the sequence: (B, N + K * N, D). Every
+block attends over the whole sequence, so the noisy tokens read the context at every depth (as in-context
+conditioning of video DiTs, and unlike a cross-attention it needs no new weights besides the C embeddings);
+only the first N tokens are turned back into latents. Samples without context (a first chunk, or context
+dropout in training) have their context keys masked out of the self-attention, which gives the same output as
+no context at all; masking rather than dropping their tokens keeps one batch of fixed shapes whatever the
+draws (no data-dependent shapes or branches under torch.compile). A call without context adds no tokens and
+no mask, so it is exactly the C = 0 model.
+
 Tokens per 16x224^2 clip with the "paper" preset (paper VAE at 0.20 %, d_S = 4, patch 1 everywhere):
 16*7*7 + 16*7 + 16*7 = 784 + 112 + 112 = 1,008 (a 4x8x8 VAE gives 4*28*28 = 3,136 latent positions,
 784 tokens at patch 2). Forward cost per clip at width 1152, 18 blocks, with text cross-attention
@@ -123,6 +135,7 @@ def unpatchify(tokens: torch.Tensor, patch_size: tuple[int, ...], size: tuple[in
 def check_transformer_config(
     structure_latent_shape, dynamics_latent_shape, dynamics_branch_sizes, structure_patch_size, dynamics_patch_size,
     hidden_size, num_layers, num_attention_heads, mlp_ratio, num_classes, text_embed_dim, pooled_text_embed_dim,
+    num_context_chunks=0,
 ) -> tuple[tuple[int, ...], ...]:
     """Validate the geometry and size keys of a `VidTwinTransformer3DModel` config, reporting every problem.
 
@@ -162,6 +175,7 @@ def check_transformer_config(
     check_int(problems, "num_layers", num_layers, 1, 1024)
     check_float(problems, "mlp_ratio", mlp_ratio, 0.0, 64.0)
     check_int(problems, "num_classes", num_classes, 0, 10_000_000)
+    check_int(problems, "num_context_chunks", num_context_chunks, 0, 64)
     for name, value in (("text_embed_dim", text_embed_dim), ("pooled_text_embed_dim", pooled_text_embed_dim)):
         if value is not None:
             check_int(problems, name, value, 1, 65536)
@@ -208,7 +222,8 @@ class VidTwinTransformerOutput(BaseOutput):
 class VidTwinAttnProcessor:
     """Attention through diffusers' backend dispatch (`set_attention_backend`), with fused-QKV support.
 
-    Inputs (B, N, D), optional context (B, L, D) and additive bias (B, 1, L); output (B, N, D).
+    Inputs (B, N, D), optional context (B, L, D) and a key mask (B, 1, L): an additive bias (cross-attention)
+    or a boolean "attend to this key" (self-attention over context chunks); output (B, N, D).
     """
 
     _attention_backend = None
@@ -294,10 +309,12 @@ class VidTwinTransformerBlock(nn.Module):
         conditioning: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_bias: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # hidden_states (B, N, D); conditioning (B, D); encoder_hidden_states (B, L, D); bias (B, 1, L)
+        # hidden_states (B, N, D); conditioning (B, D); encoder_hidden_states (B, L, D); bias (B, 1, L);
+        # attention_mask (B, 1, N) bool, False for keys no token may attend to (absent context chunks)
         x, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=conditioning)
-        hidden_states = hidden_states + gate_msa[:, None] * self.attn1(x)
+        hidden_states = hidden_states + gate_msa[:, None] * self.attn1(x, attention_mask=attention_mask)
         if self.attn2 is not None:
             hidden_states = hidden_states + self.attn2(
                 self.norm2(hidden_states),
@@ -334,6 +351,8 @@ class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
         structure_latent_mean, structure_latent_std: per-channel statistics of z_S over the training latents
             (d_S numbers each; default 0 and 1), used by `normalize_latents`/`denormalize_latents`.
         dynamics_latent_mean, dynamics_latent_std: the same for z_D (d_D numbers each).
+        num_context_chunks: how many previous chunks of a long video the model may be given as context (see the
+            module docstring and `forward`); 0 (default) is a single-chunk model without context parameters.
 
     diffusers conventions: the attention layers are `AttentionModuleMixin` modules driven by
     `VidTwinAttnProcessor`, so `attn_processors`, `set_attn_processor`, `set_attention_backend("native" | ...)`
@@ -369,12 +388,13 @@ class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
         structure_latent_std: list[float] | None = None,
         dynamics_latent_mean: list[float] | None = None,
         dynamics_latent_std: list[float] | None = None,
+        num_context_chunks: int = 0,
     ):
         super().__init__()
         geometry = check_transformer_config(
             structure_latent_shape, dynamics_latent_shape, dynamics_branch_sizes, structure_patch_size,
             dynamics_patch_size, hidden_size, num_layers, num_attention_heads, mlp_ratio, num_classes,
-            text_embed_dim, pooled_text_embed_dim,
+            text_embed_dim, pooled_text_embed_dim, num_context_chunks,
         )
         self.structure_shape, self.dynamics_shape, self.dynamics_branch_sizes = geometry[:3]
         self.structure_patch_size, self.dynamics_patch_size = geometry[3:]
@@ -387,6 +407,9 @@ class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
             ),
         )
         self._build_tokens(hidden_size)
+        # Learned "chunk -1" .. "chunk -C" embeddings of the context tokens, row j for the chunk j + 1 back.
+        # None when C = 0, so a single-chunk model has exactly the parameters (and state dict) it always had.
+        self.context_chunk_embed = nn.Parameter(torch.zeros(num_context_chunks, hidden_size)) if num_context_chunks else None
         self._build_conditioning(hidden_size, num_classes, text_embed_dim, pooled_text_embed_dim)
         self.transformer_blocks = nn.ModuleList(
             [
@@ -464,6 +487,8 @@ class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
         for layer in (self.norm_out.linear, self.structure_proj_out, self.dynamics_proj_out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.context_chunk_embed is not None:  # drawn last: every other weight is that of the C = 0 model
+            nn.init.normal_(self.context_chunk_embed, std=0.02)
 
     @classmethod
     def from_preset(cls, name: str, layout: str | None = None, **overrides) -> "VidTwinTransformer3DModel":
@@ -509,6 +534,10 @@ class VidTwinTransformer3DModel(VidTwinModelMixin, ConfigMixin, AttentionMixin):
                 ("tokens per clip", f"{self.num_tokens:,} (patch {self.structure_patch_size} / {self.dynamics_patch_size})"),
                 ("width x layers x heads", f"{config.hidden_size} x {config.num_layers} x {config.num_attention_heads}"),
                 ("conditioning", conditioning),
+                ("context (long videos)", (
+                    f"up to {config.num_context_chunks} previous chunk(s) as {self.num_tokens:,} extra tokens each; "
+                    "generates chunk k given chunks k-1.. (none for a first chunk)"
+                ) if config.num_context_chunks else "none (one chunk at a time, no context)"),
             ],
             "usage": """
 from vidtwin_gen import VidTwinTransformer3DModel
@@ -787,6 +816,86 @@ transformer = VidTwinTransformer3DModel.from_pretrained("path/to/this/folder")
                 f"{tuple(dynamics.shape)}; the model's latent shapes come from its config"
             )
 
+    def _check_context(
+        self,
+        batch_size: int,
+        context_structure: torch.Tensor | None,
+        context_dynamics: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+    ) -> None:
+        """Raise a ValueError naming the context input that does not fit this model (shapes only: compile-safe)."""
+        if context_structure is None and context_dynamics is None:
+            if context_mask is not None:
+                raise ValueError("context_mask was given without context: pass context_structure and context_dynamics too")
+            return
+        limit = self.config.num_context_chunks
+        if not limit:
+            raise ValueError(
+                "this model has no context (num_context_chunks=0): do not pass context_structure/context_dynamics, "
+                "or use a model built with num_context_chunks >= 1 (a long-video training config)"
+            )
+        if context_structure is None or context_dynamics is None:
+            raise ValueError("pass context_structure and context_dynamics together (the clean latents of the same chunks)")
+        s_shape, d_shape = tuple(context_structure.shape), tuple(context_dynamics.shape)
+        if (
+            len(s_shape) != 6 or len(d_shape) != 5 or s_shape[2:] != self.structure_shape
+            or d_shape[2:] != self.dynamics_shape or s_shape[:2] != d_shape[:2] or s_shape[0] != batch_size
+        ):
+            raise ValueError(
+                f"context latents must be structure ({batch_size}, K, {', '.join(map(str, self.structure_shape))}) and "
+                f"dynamics ({batch_size}, K, {', '.join(map(str, self.dynamics_shape))}): the clean normalised latents "
+                f"of the K previous chunks, oldest first; got {s_shape} and {d_shape}"
+            )
+        if not 1 <= s_shape[1] <= limit:
+            raise ValueError(
+                f"got K={s_shape[1]} context chunks, this model takes 1 to num_context_chunks={limit}: pass the "
+                f"{limit} most recent chunks (oldest first)"
+            )
+        if context_mask is not None and (
+            context_mask.dtype != torch.bool or tuple(context_mask.shape) not in ((batch_size,), (batch_size, s_shape[1]))
+        ):
+            raise ValueError(
+                f"context_mask must be bool of shape ({batch_size},) (False: this sample has no context) or "
+                f"({batch_size}, {s_shape[1]}) (per chunk), got {context_mask.dtype} {tuple(context_mask.shape)}"
+            )
+
+    def _embed_tokens(self, structure: torch.Tensor, dynamics: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Latents (B', d_S, n_q, h_S, w_S), (B', d_D, t, w_D + h_D) -> tokens (B', N, D) with positions and parts."""
+        structure_tokens, width_tokens, height_tokens = self.patchify_latents(structure.to(dtype), dynamics.to(dtype))
+        hidden_states = torch.cat(
+            [
+                self.structure_embed(structure_tokens),
+                self.dynamics_embed(width_tokens),
+                self.dynamics_embed(height_tokens),
+            ],
+            dim=1,
+        )  # (B', N, D)
+        return hidden_states + (self.pos_embed + self.part_embed[self.part_ids]).to(dtype)
+
+    def _embed_context(
+        self,
+        context_structure: torch.Tensor,
+        context_dynamics: torch.Tensor,
+        context_mask: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> context tokens (B, K * N, D), oldest chunk first, and the self-attention key mask (B, 1, N + K * N)
+        (None when every sample has all its context)."""
+        batch_size, k = context_structure.shape[:2]
+        tokens = self._embed_tokens(context_structure.flatten(0, 1), context_dynamics.flatten(0, 1), dtype)
+        tokens = tokens.unflatten(0, (batch_size, k))  # (B, K, N, D)
+        # Chunk i of K (oldest first) lies K - i chunks back: row K - 1 - i of the "chunk -j" table.
+        chunk_embed = self.context_chunk_embed[:k].flip(0).to(dtype)  # (K, D)
+        tokens = (tokens + chunk_embed[None, :, None]).flatten(1, 2)  # (B, K * N, D)
+        if context_mask is None:
+            return tokens, None
+        present = context_mask.to(tokens.device)
+        present = present[:, None].expand(batch_size, k) if present.ndim == 1 else present  # (B, K)
+        keys = torch.cat(
+            [present.new_ones(batch_size, self.num_tokens), present.repeat_interleave(self.num_tokens, dim=1)], dim=1
+        )  # (B, N + K * N): the noisy chunk's own tokens are always visible
+        return tokens, keys[:, None]
+
     def forward(
         self,
         structure: torch.Tensor,
@@ -796,6 +905,9 @@ transformer = VidTwinTransformer3DModel.from_pretrained("path/to/this/folder")
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         pooled_text_embeds: torch.Tensor | None = None,
+        context_structure: torch.Tensor | None = None,
+        context_dynamics: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> VidTwinTransformerOutput | tuple[torch.Tensor, torch.Tensor]:
         """
@@ -809,6 +921,13 @@ transformer = VidTwinTransformer3DModel.from_pretrained("path/to/this/folder")
                 model has text conditioning (use the empty prompt's encoding for unconditional samples).
             encoder_attention_mask: (B, L), 1 for tokens to attend to, 0 for padding.
             pooled_text_embeds: (B, pooled_text_embed_dim); if None, the masked mean of encoder_hidden_states.
+            context_structure: (B, K, d_S, n_q, h_S, w_S), the clean normalised structure latents of the K chunks
+                before this one, oldest first, 1 <= K <= num_context_chunks (the K most recent when more exist).
+                None: no context (a first chunk; also the only choice for num_context_chunks=0).
+            context_dynamics: (B, K, d_D, t, w_D + h_D), the same chunks' dynamics latents.
+            context_mask: (B,) bool, False where a sample has no context (its context tokens are masked out of the
+                attention, which gives the output of a call without context: context dropout in training), or
+                (B, K) per chunk (a sample with a shorter history than K). None: all context present.
             return_dict: return a `VidTwinTransformerOutput` rather than a tuple.
 
         Returns:
@@ -822,6 +941,7 @@ transformer = VidTwinTransformer3DModel.from_pretrained("path/to/this/folder")
         self._check_conditions(
             batch_size, timestep, class_labels, encoder_hidden_states, encoder_attention_mask, pooled_text_embeds
         )
+        self._check_context(batch_size, context_structure, context_dynamics, context_mask)
         # The compute dtype, read from a raw parameter: under `enable_layerwise_casting` the Linear weights
         # are stored in the (fp8) storage dtype, while raw parameters stay in the dtype the model was cast to.
         dtype = self.part_embed.dtype
@@ -829,26 +949,22 @@ transformer = VidTwinTransformer3DModel.from_pretrained("path/to/this/folder")
             timestep, class_labels, encoder_hidden_states, encoder_attention_mask, pooled_text_embeds, batch_size, dtype
         )
 
-        structure_tokens, width_tokens, height_tokens = self.patchify_latents(structure.to(dtype), dynamics.to(dtype))
-        hidden_states = torch.cat(
-            [
-                self.structure_embed(structure_tokens),
-                self.dynamics_embed(width_tokens),
-                self.dynamics_embed(height_tokens),
-            ],
-            dim=1,
-        )  # (B, N, D)
-        hidden_states = hidden_states + (self.pos_embed + self.part_embed[self.part_ids]).to(dtype)
+        hidden_states = self._embed_tokens(structure, dynamics, dtype)  # (B, N, D)
+        key_mask = None
+        if context_structure is not None:
+            context_tokens, key_mask = self._embed_context(context_structure, context_dynamics, context_mask, dtype)
+            hidden_states = torch.cat([hidden_states, context_tokens], dim=1)  # (B, N + K * N, D)
 
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states = self._gradient_checkpointing_func(
-                    block, hidden_states, conditioning, context, context_bias
+                    block, hidden_states, conditioning, context, context_bias, key_mask
                 )
             else:
-                hidden_states = block(hidden_states, conditioning, context, context_bias)
+                hidden_states = block(hidden_states, conditioning, context, context_bias, key_mask)
 
-        hidden_states = self.norm_out(hidden_states, conditioning)
+        # Only the noisy chunk's tokens are predicted; the context tokens were read, not generated.
+        hidden_states = self.norm_out(hidden_states[:, : self.num_tokens], conditioning)
         structure_tokens, width_tokens, height_tokens = hidden_states.split(self.token_counts, dim=1)
         structure, dynamics = self.unpatchify_latents(
             self.structure_proj_out(structure_tokens),

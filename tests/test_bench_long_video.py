@@ -1,0 +1,64 @@
+"""benchmarks/bench_long_video.py: its seam measure, and a whole run at tiny size (random pipeline, tiny data)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from helpers import perturb_
+
+from vidtwin_gen import AutoencoderVidTwin, VidTwinPipeline, VidTwinTransformer3DModel
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_long_video.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_long_video", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seams_are_the_steps_across_chunk_boundaries(bench):
+    # Two videos of 6 frames, chunks of 2: steps 0->1, 2->3, 4->5 inside, 1->2 and 3->4 across seams.
+    frames = np.zeros((2, 6, 1, 1, 3))
+    frames[:, 2:4] += 0.5  # jumps of 0.5 at both seams, nothing inside
+    frames[:, 3] += 0.1  # ... except 0.1 inside the second chunk (and 0.1 less at the second seam)
+    stats = bench.seam_statistics(frames, 2)
+    assert stats["seam_count"] == 4 and stats["inside_count"] == 6
+    assert stats["seam_sum"] == pytest.approx(2 * (0.5 + 0.6)) and stats["inside_sum"] == pytest.approx(2 * 0.1)
+
+
+@pytest.mark.slow
+def test_a_tiny_run_prints_and_writes_both_variants(bench, make_embedded, tmp_path, capsys):
+    # I3D needs >= 9 frames per clip: a tiny VAE of 16 frames, a context model of one chunk, 2 chunks per video.
+    torch.manual_seed(0)
+    vae = perturb_(AutoencoderVidTwin.from_preset("tiny", num_frames=16)).eval()
+    transformer = perturb_(VidTwinTransformer3DModel.from_preset(
+        "tiny", num_classes=3, num_context_chunks=1, dynamics_latent_shape=vae.dynamics_latent_shape))
+    pipe = VidTwinPipeline(vae=vae, transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(),
+                           id2label={0: "RedSquareDrift", 1: "RedSquareSpin", 2: "BlueCircleBounce"})
+    pipe.save_pretrained(tmp_path / "pipe")
+    data = make_embedded(num_frames=100, num_groups=3, clips_per_group=1)  # 33 frames at 8 fps: 2 chunks
+    output = tmp_path / "long.json"
+    assert bench.main(["--pipeline", str(tmp_path / "pipe"), "--data-root", str(data), "--num-frames", "32",
+                       "--samples-per-class", "1", "--probe-videos-per-class", "1", "--num-inference-steps", "1",
+                       "--guidance-scale", "2", "--json", str(output)]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path.parent / "bench_long_video_tiny.txt").write_text(printed)  # to look at after a run
+    assert "seam |diff| / inside |diff|" in printed and "FVD 32 frames" in printed and "FVD 16 frames" in printed
+    report = json.loads(output.read_text())
+    assert report["protocol"]["chunks"] == 2 and report["protocol"]["real"]["padded"] == 0
+    context, independent = report["results"]["context (1 chunk(s))"], report["results"]["independent chunks"]
+    for result in (context, independent):
+        assert result["num_seams"] == 3 and result["seam_ratio"] > 0
+        assert len(result["class_accuracy_per_chunk"]) == 2
+        assert set(result["class_accuracy_per_chunk"][0]) == {"real", "reconstruction"}
+        assert result["fvd_long"]["num_generated"] == 3 and result["fvd_long"]["num_real"] == 3
+    # Same seeds, no context in the first chunk: chunk 1 is the same video in both variants.
+    assert context["class_accuracy_per_chunk"][0] == independent["class_accuracy_per_chunk"][0]
+    assert context["fvd_long"]["fvd"] != independent["fvd_long"]["fvd"]

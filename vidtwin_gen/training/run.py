@@ -195,6 +195,28 @@ def check_fsdp_state_dict_type(accelerator: Accelerator) -> None:
         )
 
 
+def prepare_as_one_unit(accelerator: Accelerator, model: torch.nn.Module, *objects) -> tuple:
+    """`accelerator.prepare(model, *objects)` for a trainer's second, small model (with its optimizer, scheduler).
+
+    Under FSDP2 the model is sharded as one unit, none of its layers on their own: accelerate prepares one model
+    per `prepare` call and keeps the wrap policy it built for the first one (that model's `_no_split_modules`
+    class names, which a model of another class lacks: "Could not find the transformer layer class"), and a
+    model sharded as one unit can run outside FSDP's hooks with gathered weights (`vae_loss.frozen_call`, the
+    VAE generator's pass through the PatchGAN). Without FSDP it is plain `prepare`.
+    """
+    if not is_fsdp(accelerator):
+        return accelerator.prepare(model, *objects)
+    plugin = accelerator.state.fsdp_plugin
+    settings = {"auto_wrap_policy": plugin.auto_wrap_policy, "activation_checkpointing": plugin.activation_checkpointing}
+    # No sub-units (so no per-layer activation checkpointing either): only the model itself is sharded.
+    plugin.auto_wrap_policy, plugin.activation_checkpointing = None, False
+    try:
+        return accelerator.prepare(model, *objects)
+    finally:
+        for name, value in settings.items():
+            setattr(plugin, name, value)
+
+
 def model_class(model: torch.nn.Module) -> type:
     """The model's own class: FSDP2's `fully_shard` swaps in a subclass `FSDP<Class>` of (FSDPModule, Class)."""
     from torch.distributed.fsdp import FSDPModule

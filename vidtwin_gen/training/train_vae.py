@@ -9,6 +9,25 @@ optimisation defaults are the original's: Adam with coupled weight decay, no gra
 Checkpoints are `output_dir/checkpoint-STEP` (accelerator.save_state, plus the log-variance and EMA in
 training_state.safetensors; written atomically, rotated); the final model lands in `output_dir/vae` (EMA
 weights when `use_ema`). The loop's bookkeeping (epochs, logging, checkpoints, validation) is in `run.py`.
+
+FSDP (accelerate's FSDP2, `--config_file train_configs/accelerate/fsdp.yaml`), the same loop:
+- Two models, two `prepare` calls (FSDP2 shards one model per call): the autoencoder, its blocks (its
+  `_no_split_modules`) sharded as units of their own, and the PatchGAN sharded as one unit
+  (`run.prepare_as_one_unit`). Models and optimizers keep DDP's order, which accelerate's checkpoints pair by index.
+- The log-variance is no model parameter, and FSDP2 admits only its model's parameters in a prepared optimizer: it
+  gets its own Adam (same settings), stepped with the autoencoder's at that optimizer's learning rate and kept in the
+  checkpoint's training state. Its gradient is averaged by hand, as under DDP; the gradient norm (and clipping)
+  covers both. fp16 is refused (the log-variance would step on scaled gradients): use bf16.
+- The adaptive GAN weight differentiates the two losses w.r.t. the decoder's last weight, which lives in the root
+  unit: FSDP2 keeps the root gathered from its forward to its backward, so the gradient is taken w.r.t. the whole,
+  unsharded weight, this process's gradient as under DDP (`decoder_last_weight`; a config that shards the head on
+  its own is refused).
+- The generator's pass through the PatchGAN gathers its weights (DTensor.full_tensor) and runs it outside FSDP's
+  hooks with the weights detached (`vae_loss.frozen_call`), so no gradient reaches the PatchGAN; its own step runs
+  through FSDP as usual. Its BatchNorm statistics are per process (they never enter a training-mode output).
+- The EMA follows each process's shards; validation and the export run on a whole model gathered on the main
+  process (`run.whole_model`: the EMA weights in a plain AutoencoderVidTwin); checkpoints are FULL_STATE_DICT.
+  Checked on 2 CPU processes against DDP (GAN and EMA on) and for kill-and-resume: tests/test_distributed_fsdp_vae.py.
 """
 
 from dataclasses import dataclass, field
@@ -195,6 +214,27 @@ def discriminator_step(accelerator, loss_fn: VidTwinLoss, discriminator, optimiz
     return logs
 
 
+def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_optimization: tuple,
+               discriminator_optimization: tuple, video: torch.Tensor, step: int, config: TrainVAEConfig) -> dict:
+    """One micro-batch `video` (B, 3, T, H, W) in [-1, 1] at optimizer step `step`: the autoencoder's update (and the
+    PatchGAN's from `disc_start` on); its logs. The optimizations are those of `prepare_training`:
+    (optimizer, logvar_optimizer, lr_scheduler) and (disc_optimizer, disc_lr_scheduler)."""
+    optimizer, logvar_optimizer, lr_scheduler = generator_optimization
+    with accelerator.accumulate(vae, discriminator):
+        with accelerator.autocast():
+            output = vae(video, sample_posterior=True)  # through the wrapper, so DDP syncs gradients
+            loss, logs = loss_fn.generator_loss(video, output.sample, output.latent_dist.kl(), step,
+                                                decoder_last_weight(accelerator.unwrap_model(vae)))
+        check_finite(loss, accelerator, step, config.output_dir)
+        accelerator.backward(loss)
+        logs["grad_norm"] = generator_step(accelerator, vae, loss_fn.logvar, optimizer, logvar_optimizer, lr_scheduler,
+                                           config.max_grad_norm)
+        if loss_fn.discriminator_active(step):
+            logs |= discriminator_step(accelerator, loss_fn, discriminator, *discriminator_optimization, video,
+                                       output.sample, step, config.max_grad_norm)
+    return logs
+
+
 def prepare_training(accelerator, config: TrainVAEConfig, vae: AutoencoderVidTwin, loss_fn: VidTwinLoss, loader) -> tuple:
     """The optimizers and schedulers, everything prepared: (vae, discriminator, loader, (optimizer, logvar_optimizer,
     lr_scheduler), (disc_optimizer, disc_lr_scheduler)); `logvar_optimizer` is None except under FSDP.
@@ -227,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     loss_fn = build_loss(config).to(accelerator.device)
     train_set, validation_set = build_datasets(config, vae)
     loader = make_loader(train_set, config, collate_clips)
-    vae, discriminator, loader, (optimizer, logvar_optimizer, lr_scheduler), (disc_optimizer, disc_lr_scheduler) = \
-        prepare_training(accelerator, config, vae, loss_fn, loader)
+    vae, discriminator, loader, generator_optimization, discriminator_optimization = prepare_training(
+        accelerator, config, vae, loss_fn, loader)
+    _, logvar_optimizer, lr_scheduler = generator_optimization
     # Saved beside accelerate's files as safetensors + JSON (registered objects would be pickled).
     training_state = {"logvar": loss_fn.logvar}
     if logvar_optimizer is not None:
@@ -238,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         training_state["ema"] = ema
 
     global_step, epochs, batches_to_skip = resume(accelerator, config, len(loader), training_state)
-    unwrapped_vae = accelerator.unwrap_model(vae)  # under FSDP: the sharded model itself
     clips = held_out_clips(validation_set, config, accelerator)
     # Validation and the export get a whole autoencoder (run.whole_model: the model itself, or a gathered copy).
     validation = lambda model, step: validate(model, clips, config, accelerator, step)  # noqa: E731
@@ -246,20 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress(accelerator, config, global_step, vae, ema, lr_scheduler, validation, "vidtwin-vae",
                         training_state)
     for batch in batches:
-        video = batch["video"]  # (B, 3, T, H, W) in [-1, 1]
-        step = progress.global_step
-        with accelerator.accumulate(vae, discriminator):
-            with accelerator.autocast():
-                output = vae(video, sample_posterior=True)  # through the wrapper, so DDP syncs gradients
-                loss, logs = loss_fn.generator_loss(video, output.sample, output.latent_dist.kl(), step,
-                                                    decoder_last_weight(unwrapped_vae))
-            check_finite(loss, accelerator, step, config.output_dir)
-            accelerator.backward(loss)
-            logs["grad_norm"] = generator_step(accelerator, vae, loss_fn.logvar, optimizer, logvar_optimizer,
-                                               lr_scheduler, config.max_grad_norm)
-            if loss_fn.discriminator_active(step):
-                logs |= discriminator_step(accelerator, loss_fn, discriminator, disc_optimizer, disc_lr_scheduler,
-                                           video, output.sample, step, config.max_grad_norm)
+        logs = train_step(accelerator, vae, discriminator, loss_fn, generator_optimization, discriminator_optimization,
+                          batch["video"], progress.global_step, config)
         if accelerator.sync_gradients and progress.update(logs):
             batches.stop()
 

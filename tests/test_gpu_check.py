@@ -59,8 +59,9 @@ def test_fsdp_worker_runs_the_dit_and_the_vae_steps_on_two_cpu_processes(gpu_che
     from test_distributed_fsdp import free_port
 
     worker = Path(__file__).resolve().parent / "distributed" / "fsdp_gpu_check.py"
+    # bf16 as in fsdp.yaml: FSDP2 gathers bf16 parameters (the PatchGAN's stay fp32 beside its BatchNorm statistics).
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip",
+               "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", "--main_process_ip",
                "127.0.0.1", "--main_process_port", str(free_port()), str(worker)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})

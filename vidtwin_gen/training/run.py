@@ -202,14 +202,18 @@ def prepare_as_one_unit(accelerator: Accelerator, model: torch.nn.Module, *objec
     per `prepare` call and keeps the wrap policy it built for the first one (that model's `_no_split_modules`
     class names, which a model of another class lacks: "Could not find the transformer layer class"), and a
     model sharded as one unit can run outside FSDP's hooks with gathered weights (`vae_loss.frozen_call`, the
-    VAE generator's pass through the PatchGAN). Without FSDP it is plain `prepare`.
+    VAE generator's pass through the PatchGAN). Its parameters also stay fp32 when they are gathered, and
+    accelerate's autocast computes in the mixed precision, as under DDP: FSDP2's bf16 parameters would meet
+    BatchNorm's fp32 running statistics ("expected scalar type BFloat16 but found Float"). Without FSDP it is plain
+    `prepare`.
     """
     if not is_fsdp(accelerator):
         return accelerator.prepare(model, *objects)
     plugin = accelerator.state.fsdp_plugin
-    settings = {"auto_wrap_policy": plugin.auto_wrap_policy, "activation_checkpointing": plugin.activation_checkpointing}
+    settings = {name: getattr(plugin, name) for name in
+                ("auto_wrap_policy", "activation_checkpointing", "mixed_precision_policy")}
     # No sub-units (so no per-layer activation checkpointing either): only the model itself is sharded.
-    plugin.auto_wrap_policy, plugin.activation_checkpointing = None, False
+    plugin.auto_wrap_policy, plugin.activation_checkpointing, plugin.mixed_precision_policy = None, False, None
     try:
         return accelerator.prepare(model, *objects)
     finally:

@@ -24,7 +24,9 @@ of this process's shards only: its update is elementwise, so it needs no communi
 full copy. Whatever needs whole weights (validation, sampling, the export) goes through `whole_model`, which
 swaps the EMA in on every process, gathers a full state dict (`accelerator.get_state_dict`, a collective) and
 loads it into an unsharded copy on the main process; checkpoints gather the EMA the same way
-(`checkpointing.save_checkpoint`) and a resume shards it again (`checkpointing.load_training_state`).
+(`checkpointing.save_checkpoint`) and a resume shards it again (`checkpointing.load_training_state`). Accelerate's
+FSDP2 prepares one model per `prepare` call: a trainer's second model (the VAE's PatchGAN) goes through
+`prepare_as_one_unit`, after the first.
 """
 
 import contextlib

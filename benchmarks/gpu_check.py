@@ -327,17 +327,17 @@ def check_fsdp(args) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'check':<44} {'samples/s':>10} {'peak GiB':>9} {'TFLOP/step':>11} {'MFU':>6}"
+    header = f"{'check':<50} {'samples/s':>10} {'peak GiB':>9} {'TFLOP/step':>11} {'MFU':>6}"
     print(header)
     print("-" * len(header))
     for row in rows:
         if "error" in row:
-            print(f"{row['check']:<44} FAILED: {row['error'].splitlines()[-1] if row['error'] else '?'}")
+            print(f"{row['check']:<50} FAILED: {row['error'].splitlines()[-1] if row['error'] else '?'}")
             continue
         memory = "-" if row.get("peak_memory_gib") is None else f"{row['peak_memory_gib']:.1f}"
         tflops = f"{row['tflops_per_step']:.2f}" if "tflops_per_step" in row else "-"
         mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "-"
-        print(f"{row['check']:<44} {row['samples_per_s']:>10.2f} {memory:>9} {tflops:>11} {mfu:>6}")
+        print(f"{row['check']:<50} {row['samples_per_s']:>10.2f} {memory:>9} {tflops:>11} {mfu:>6}")
 
 
 def main(argv: list[str] | None = None) -> int:

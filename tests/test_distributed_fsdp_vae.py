@@ -21,7 +21,7 @@ from test_distributed_fsdp import free_port
 from test_train_vae import arguments
 
 from vidtwin_gen import AutoencoderVidTwin
-from vidtwin_gen.training.train_vae import TrainVAEConfig, prepare_training
+from vidtwin_gen.training.train_vae import TrainVAEConfig, decoder_last_weight, prepare_training
 
 REPO = Path(__file__).resolve().parents[1]
 FSDP_TRAINER = REPO / "tests" / "distributed" / "fsdp_train_vae.py"
@@ -129,3 +129,15 @@ def test_fsdp_with_fp16_is_refused():
     accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, mixed_precision="fp16")
     with pytest.raises(ValueError, match="fp16 under FSDP.*bf16"):
         prepare_training(accelerator, TrainVAEConfig(), None, None, None)
+
+
+def test_a_decoder_head_sharded_on_its_own_is_refused():
+    class Shard:  # what an FSDP2 unit of its own leaves in the module between forward and backward: a DTensor
+        def full_tensor(self):
+            raise AssertionError("not gathered here")
+
+    vae = SimpleNamespace(head=SimpleNamespace(linear=SimpleNamespace(weight=Shard())))
+    with pytest.raises(ValueError, match="head.*sharded on its own.*TRANSFORMER_BASED_WRAP"):
+        decoder_last_weight(vae)
+    plain = torch.nn.Linear(2, 2).weight
+    assert decoder_last_weight(SimpleNamespace(head=SimpleNamespace(linear=SimpleNamespace(weight=plain)))) is plain

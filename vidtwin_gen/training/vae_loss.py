@@ -191,7 +191,9 @@ class VidTwinLoss(nn.Module):
         """disc_weight * clamp(|grad nll| / (|grad g| + 1e-4), 0, 1e4) at `last_layer_weight`, detached.
 
         Scales the GAN gradient to the reconstruction gradient where both enter the decoder. Under
-        DDP these are this process's gradients (not averaged), as in the original.
+        DDP these are this process's gradients (not averaged), as in the original. Under FSDP2 pass
+        the weight the forward used (the gathered one: train_vae.decoder_last_weight, read after the
+        forward); a sharded DTensor is not in the graph.
         """
         if last_layer_weight is None:
             raise ValueError(

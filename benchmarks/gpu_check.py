@@ -13,9 +13,11 @@
    Both report samples/s, peak memory and MFU = (FLOPs of one step, counted by torch.utils.flop_counter on the
    model's own forward + backward) x steps/s / the assumed peak (--peak-tflops, default 989: H100/H200 SXM dense
    bf16). The optimizer's FLOPs are not counted.
-4. FSDP: a few steps of the paper DiT under `accelerate launch --num_processes 1` with
-   train_configs/accelerate/fsdp.yaml (FSDP2), with the trainers' EMA over shards, a checkpoint written and read
-   back (run.py / checkpointing.py), and the whole-model gather used by validation and the export.
+4. FSDP: a few steps of the paper DiT and of the paper VAE recipe (train_vae's own prepare_training and train_step:
+   the PatchGAN as a second sharded model, the adaptive weight, the log-variance's own optimizer) under
+   `accelerate launch --num_processes 1` with train_configs/accelerate/fsdp.yaml (FSDP2), each with the trainers'
+   EMA over shards, a checkpoint written and read back (run.py / checkpointing.py), and the whole-model gather
+   used by validation and the export.
 
 Prints a table and writes JSON (--json). Without CUDA it stops at once (exit 2), unless --dry-run.
 """
@@ -201,16 +203,34 @@ def check_dit_training(args, device) -> dict:
     return row
 
 
-def fsdp_worker(args) -> None:
-    """Run under `accelerate launch` with the FSDP config: steps, EMA, checkpoint round trip, whole-model gather."""
-    from accelerate import Accelerator
+def fsdp_round_trip(accelerator, model, folder: str, step: int, training_state: dict) -> tuple[bool, bool]:
+    """(the checkpoint's training state reads back equal, the whole-model gather gives a plain module): the
+    trainers' checkpoint (run.py / checkpointing.py) and `run.whole_model` on the prepared, sharded `model`."""
+    from vidtwin_gen.training.checkpointing import gather_training_state, load_training_state, save_checkpoint
+    from vidtwin_gen.training.run import whole_model
 
-    from vidtwin_gen.training.checkpointing import load_training_state, save_checkpoint
-    from vidtwin_gen.training.run import is_fsdp, make_ema, whole_model
+    saved = save_checkpoint(accelerator, folder, step, None, training_state)
+    before = flat_tensors(gather_training_state(training_state))
+    accelerator.load_state(str(saved), load_kwargs={"weights_only": True})
+    load_training_state(saved, training_state)
+    after = flat_tensors(gather_training_state(training_state))
+    round_trip = len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+    with whole_model(accelerator, model, training_state.get("ema")) as whole:
+        whole_ok = whole is not None and all(not hasattr(p, "full_tensor") for p in whole.parameters())
+    return round_trip, whole_ok
 
-    accelerator = Accelerator()
-    if not is_fsdp(accelerator):
-        raise SystemExit(f"the FSDP check runs under the FSDP config; accelerate chose {accelerator.distributed_type}")
+
+def flat_tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+    return [tensor for item in items for tensor in flat_tensors(item)]
+
+
+def fsdp_dit_steps(args, accelerator, folder: str) -> dict:
+    """The paper DiT: steps with the EMA over shards, a checkpoint written and read back, the whole-model gather."""
+    from vidtwin_gen.training.run import make_ema
+
     torch.manual_seed(0)
     model = paper_dit(args.dry_run)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -228,44 +248,96 @@ def fsdp_worker(args) -> None:
         ema.step(model.parameters())
 
     seconds, memory = timed(step, args.steps, accelerator.device)
+    round_trip, whole_ok = fsdp_round_trip(accelerator, model, folder, args.steps, {"ema": ema})
+    return {"check": "DiT FSDP2 train step (1 GPU) bf16", "samples_per_s": args.dit_batch / seconds,
+            "peak_memory_gib": memory, "batch": args.dit_batch, "ema_checkpoint_round_trip": round_trip,
+            "whole_model_gathered": whole_ok}
+
+
+def fsdp_vae_steps(args, accelerator, folder: str) -> dict:
+    """The paper VAE recipe as train_vae runs it under FSDP2 (its prepare_training and train_step: the PatchGAN on
+    with the adaptive weight, the log-variance's own optimizer, the EMA over shards), then the checkpoint round trip
+    and the whole-model gather."""
+    from vidtwin_gen.training.run import make_ema
+    from vidtwin_gen.training.train_vae import TrainVAEConfig, build_loss, prepare_training, train_step
+
+    torch.manual_seed(0)
+    config = TrainVAEConfig(output_dir=folder, model={"preset": "tiny" if args.dry_run else "paper"}, disc_start=0,
+                            perceptual_weight=0.0, lr_warmup_steps=0, max_train_steps=args.steps + 2,
+                            train_batch_size=args.vae_train_batch, use_ema=True)
+    vae = AutoencoderVidTwin.from_preset(config.model["preset"])
+    loss_fn = build_loss(config).to(accelerator.device)
+    vae, discriminator, _, generator_optimization, discriminator_optimization = prepare_training(
+        accelerator, config, vae, loss_fn, None)
+    ema = make_ema(accelerator, vae, config)
+    video = torch.rand(args.vae_train_batch, *vae.sample_shape, device=accelerator.device) * 2 - 1
+    logs = {}
+
+    def step():
+        logs.update(train_step(accelerator, vae, discriminator, loss_fn, generator_optimization,
+                               discriminator_optimization, video, 1, config))
+        ema.step(vae.parameters())
+
+    seconds, memory = timed(step, args.steps, accelerator.device)
+    training_state = {"logvar": loss_fn.logvar, "logvar_optimizer": generator_optimization[1], "ema": ema}
+    round_trip, whole_ok = fsdp_round_trip(accelerator, vae, folder, args.steps, training_state)
+    return {"check": "VAE FSDP2 train step (paper recipe, 1 GPU) bf16", "samples_per_s": args.vae_train_batch / seconds,
+            "peak_memory_gib": memory, "batch": args.vae_train_batch, "gan_weight": logs.get("d_weight"),
+            "ema_checkpoint_round_trip": round_trip, "whole_model_gathered": whole_ok}
+
+
+def fsdp_worker(args) -> None:
+    """Run under `accelerate launch` with the FSDP config: the DiT's and the VAE's FSDP steps (one result line each)."""
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+
+    from vidtwin_gen.training.run import is_fsdp
+
+    accelerator = Accelerator()
+    if not is_fsdp(accelerator):
+        raise SystemExit(f"the FSDP check runs under the FSDP config; accelerate chose {accelerator.distributed_type}")
+    plugin = accelerator.state.fsdp_plugin
+    # Accelerate keeps the wrap classes of the first model it prepares in the plugin: each check starts afresh.
+    wrap = {"auto_wrap_policy": plugin.auto_wrap_policy, "transformer_cls_names_to_wrap": plugin.transformer_cls_names_to_wrap}
     with tempfile.TemporaryDirectory() as folder:
-        saved = save_checkpoint(accelerator, folder, args.steps, None, {"ema": ema})
-        before = [p.detach().clone() for p in ema.shadow_params]
-        accelerator.load_state(str(saved), load_kwargs={"weights_only": True})
-        load_training_state(saved, {"ema": ema})
-        ema_round_trip = all(torch.equal(a.full_tensor(), b.full_tensor()) for a, b in zip(before, ema.shadow_params))
-    with whole_model(accelerator, model, ema) as whole:
-        whole_ok = whole is not None and all(not hasattr(p, "full_tensor") for p in whole.parameters())
-    if accelerator.is_main_process:
-        print("FSDP_RESULT " + json.dumps({
-            "check": "DiT FSDP2 train step (1 GPU) bf16", "samples_per_s": args.dit_batch / seconds,
-            "peak_memory_gib": memory, "batch": args.dit_batch, "ema_checkpoint_round_trip": ema_round_trip,
-            "whole_model_gathered": whole_ok}))
+        folder = broadcast_object_list([folder])[0]  # the main process's folder: every process writes checkpoints there
+        for check in (fsdp_dit_steps, fsdp_vae_steps):
+            for name, value in wrap.items():
+                setattr(plugin, name, value)
+            row = check(args, accelerator, str(Path(folder) / check.__name__))
+            if accelerator.is_main_process:
+                print("FSDP_RESULT " + json.dumps(row), flush=True)
+            accelerator.free_memory()  # forget this check's models and optimizers (checkpoints pair them by index)
+        accelerator.wait_for_everyone()
 
 
-def check_fsdp(args) -> dict:
+FSDP_CHECKS = ("DiT FSDP2 train step (1 GPU) bf16", "VAE FSDP2 train step (paper recipe, 1 GPU) bf16")
+
+
+def check_fsdp(args) -> list[dict]:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "train_configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "1",
-               __file__, "--fsdp-worker", "--steps", str(args.steps), "--dit-batch", str(args.dit_batch)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    for line in result.stdout.splitlines():
-        if line.startswith("FSDP_RESULT "):
-            return json.loads(line.removeprefix("FSDP_RESULT "))
-    return {"check": "DiT FSDP2 train step (1 GPU) bf16", "error": result.stderr[-2000:]}
+               __file__, "--fsdp-worker", "--steps", str(args.steps), "--dit-batch", str(args.dit_batch),
+               "--vae-train-batch", str(args.vae_train_batch)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=420)
+    rows = [json.loads(line.removeprefix("FSDP_RESULT ")) for line in result.stdout.splitlines()
+            if line.startswith("FSDP_RESULT ")]
+    done = {row["check"] for row in rows}
+    return rows + [{"check": check, "error": result.stderr[-2000:]} for check in FSDP_CHECKS if check not in done]
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'check':<44} {'samples/s':>10} {'peak GiB':>9} {'TFLOP/step':>11} {'MFU':>6}"
+    header = f"{'check':<50} {'samples/s':>10} {'peak GiB':>9} {'TFLOP/step':>11} {'MFU':>6}"
     print(header)
     print("-" * len(header))
     for row in rows:
         if "error" in row:
-            print(f"{row['check']:<44} FAILED: {row['error'].splitlines()[-1] if row['error'] else '?'}")
+            print(f"{row['check']:<50} FAILED: {row['error'].splitlines()[-1] if row['error'] else '?'}")
             continue
         memory = "-" if row.get("peak_memory_gib") is None else f"{row['peak_memory_gib']:.1f}"
         tflops = f"{row['tflops_per_step']:.2f}" if "tflops_per_step" in row else "-"
         mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "-"
-        print(f"{row['check']:<44} {row['samples_per_s']:>10.2f} {memory:>9} {tflops:>11} {mfu:>6}")
+        print(f"{row['check']:<50} {row['samples_per_s']:>10.2f} {memory:>9} {tflops:>11} {mfu:>6}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(check_dit_training(args, device))
     if not args.no_fsdp and not args.dry_run:  # accelerate never selects FSDP on CPU
         torch.cuda.empty_cache()
-        rows.append(check_fsdp(args))
+        rows.extend(check_fsdp(args))
     print_table(rows)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)",
               "torch": torch.__version__, "peak_tflops_assumed": args.peak_tflops, "dry_run": args.dry_run,

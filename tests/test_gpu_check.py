@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py: its CPU-testable parts (dry run at tiny size, FLOP counting, arguments, no-GPU exit)."""
+"""benchmarks/gpu_check.py: its CPU-testable parts (dry run at tiny size, FLOP counting, arguments, no-GPU exit, the
+FSDP worker under FSDP2 forced on 2 CPU processes)."""
 
 import importlib.util
 import json
@@ -46,3 +47,29 @@ def test_bad_arguments_and_no_gpu(gpu_check, capsys):
     if not torch.cuda.is_available():
         assert gpu_check.main([]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fsdp_worker_runs_the_dit_and_the_vae_steps_on_two_cpu_processes(gpu_check):
+    # The FSDP section needs FSDP, which accelerate never selects on CPU: the worker runs under forced FSDP2.
+    import os
+    import subprocess
+    import sys
+
+    from test_distributed_fsdp import free_port
+
+    worker = Path(__file__).resolve().parent / "distributed" / "fsdp_gpu_check.py"
+    # bf16 as in fsdp.yaml: FSDP2 gathers bf16 parameters (the PatchGAN's stay fp32 beside its BatchNorm statistics).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", "--main_process_ip",
+               "127.0.0.1", "--main_process_port", str(free_port()), str(worker)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line.removeprefix("FSDP_RESULT ")) for line in result.stdout.splitlines()
+            if line.startswith("FSDP_RESULT ")]
+    assert [row["check"] for row in rows] == list(gpu_check.FSDP_CHECKS)
+    for row in rows:
+        assert row["samples_per_s"] > 0 and row["ema_checkpoint_round_trip"] and row["whole_model_gathered"], row
+    assert rows[1]["gan_weight"] > 0  # the PatchGAN was on, with its adaptive weight
+

@@ -174,3 +174,29 @@ def test_crop_and_resize_options_and_mixed_precision_no(embedded_root, tmp_path)
                           use_ema=False, mixed_precision="no")) == 0
     with pytest.raises(ValueError, match="crop must be one of .*'middle'"):
         main(arguments(embedded_root, tmp_path / "bad", crop="middle"))
+
+
+def test_an_optimizer_in_the_training_state_comes_back_whole(tmp_path):
+    # Under FSDP the log-variance's Adam lives in training_state.{safetensors,json}: JSON turns its int keys to strings.
+    from vidtwin_gen.training.checkpointing import load_training_state, save_training_state
+
+    def adam(value: float):
+        parameter = torch.nn.Parameter(torch.tensor(value))
+        return parameter, torch.optim.Adam([parameter], lr=0.1, betas=(0.9, 0.99), weight_decay=1e-4)
+
+    logvar, optimizer = adam(0.5)
+    for _ in range(3):
+        (logvar - 2.0).square().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    save_training_state(tmp_path, {"logvar": logvar, "logvar_optimizer": optimizer})
+    restored, restored_optimizer = adam(0.0)
+    load_training_state(tmp_path, {"logvar": restored, "logvar_optimizer": restored_optimizer})
+    state, restored_state = optimizer.state[logvar], restored_optimizer.state[restored]
+    assert restored_state and set(state) == set(restored_state)
+    for key in state:
+        assert torch.equal(state[key], restored_state[key]), key
+    for parameter, opt in ((logvar, optimizer), (restored, restored_optimizer)):  # the next step is the same
+        (parameter - 2.0).square().backward()
+        opt.step()
+    assert torch.equal(logvar, restored)

@@ -53,12 +53,15 @@ def train(model, optimizer, ema, data, backward):
         ema.step(model.parameters())
 
 
-def force_fsdp(accelerator: Accelerator) -> None:
+def force_fsdp(accelerator: Accelerator, auto_wrap_policy: str = "NO_WRAP") -> None:
     """Make the shared state FSDP2, as AcceleratorState does on GPUs: in its own state and in PartialState's, which
-    every later `AcceleratorState()` copies back into its own."""
+    every later `AcceleratorState()` copies back into its own. `auto_wrap_policy` as in an accelerate config; a
+    mixed precision (`--mixed_precision bf16`) becomes FSDP2's parameter dtype, as accelerate sets it on GPUs."""
     accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
-        fsdp_version=2, auto_wrap_policy="NO_WRAP", state_dict_type="FULL_STATE_DICT")
+        fsdp_version=2, auto_wrap_policy=auto_wrap_policy, state_dict_type="FULL_STATE_DICT")
+    if accelerator.mixed_precision != "no":
+        accelerator.state.fsdp_plugin.set_mixed_precision(accelerator.mixed_precision)
 
 
 def main(result_path: str) -> None:

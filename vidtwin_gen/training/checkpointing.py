@@ -7,7 +7,7 @@ Resuming must not run code from the checkpoint folder. Accelerate saves the prep
 and reads its other files (optimizer.bin, scheduler.bin, sampler.bin, random_states_N.pkl) with
 `torch.load(weights_only=True)`, but it unpickles objects registered with `register_for_checkpointing`
 (`custom_checkpoint_N.pkl`) with `weights_only=False`. So nothing is registered: the trainers' own state
-(the EMA weights, the VAE loss's log-variance) is written by `save_training_state` as
+(the EMA weights, the VAE loss's log-variance and, under FSDP, its optimizer) is written by `save_training_state` as
 `training_state.safetensors` (tensors) + `training_state.json` (everything else), and a checkpoint that holds
 a `custom_checkpoint_*.pkl` is refused before accelerate sees it.
 
@@ -205,6 +205,8 @@ def load_training_state(folder: str | Path, objects: dict) -> None:
             with torch.no_grad():
                 obj.copy_(state)
         else:
+            if isinstance(obj, torch.optim.Optimizer):  # JSON turned its per-parameter state's int keys into strings
+                state["state"] = {int(key): value for key, value in state["state"].items()}
             sharded = list(getattr(obj, "shadow_params", []))  # an EMA over FSDP shards (see run.py)
             obj.load_state_dict(state)
             if sharded:

@@ -24,7 +24,9 @@ of this process's shards only: its update is elementwise, so it needs no communi
 full copy. Whatever needs whole weights (validation, sampling, the export) goes through `whole_model`, which
 swaps the EMA in on every process, gathers a full state dict (`accelerator.get_state_dict`, a collective) and
 loads it into an unsharded copy on the main process; checkpoints gather the EMA the same way
-(`checkpointing.save_checkpoint`) and a resume shards it again (`checkpointing.load_training_state`).
+(`checkpointing.save_checkpoint`) and a resume shards it again (`checkpointing.load_training_state`). Accelerate's
+FSDP2 prepares one model per `prepare` call: a trainer's second model (the VAE's PatchGAN) goes through
+`prepare_as_one_unit`, after the first.
 """
 
 import contextlib
@@ -193,6 +195,32 @@ def check_fsdp_state_dict_type(accelerator: Accelerator) -> None:
             "would unpickle its .metadata with plain pickle (it can run code); set fsdp_state_dict_type: "
             "FULL_STATE_DICT in the accelerate config (train_configs/accelerate/fsdp.yaml does)"
         )
+
+
+def prepare_as_one_unit(accelerator: Accelerator, model: torch.nn.Module, *objects) -> tuple:
+    """`accelerator.prepare(model, *objects)` for a trainer's second, small model (with its optimizer, scheduler).
+
+    Under FSDP2 the model is sharded as one unit, none of its layers on their own: accelerate prepares one model
+    per `prepare` call and keeps the wrap policy it built for the first one (that model's `_no_split_modules`
+    class names, which a model of another class lacks: "Could not find the transformer layer class"), and a
+    model sharded as one unit can run outside FSDP's hooks with gathered weights (`vae_loss.frozen_call`, the
+    VAE generator's pass through the PatchGAN). Its parameters also stay fp32 when they are gathered, and
+    accelerate's autocast computes in the mixed precision, as under DDP: FSDP2's bf16 parameters would meet
+    BatchNorm's fp32 running statistics ("expected scalar type BFloat16 but found Float"). Without FSDP it is plain
+    `prepare`.
+    """
+    if not is_fsdp(accelerator):
+        return accelerator.prepare(model, *objects)
+    plugin = accelerator.state.fsdp_plugin
+    settings = {name: getattr(plugin, name) for name in
+                ("auto_wrap_policy", "activation_checkpointing", "mixed_precision_policy")}
+    # No sub-units (so no per-layer activation checkpointing either): only the model itself is sharded.
+    plugin.auto_wrap_policy, plugin.activation_checkpointing, plugin.mixed_precision_policy = None, False, None
+    try:
+        return accelerator.prepare(model, *objects)
+    finally:
+        for name, value in settings.items():
+            setattr(plugin, name, value)
 
 
 def model_class(model: torch.nn.Module) -> type:

@@ -9,6 +9,25 @@ optimisation defaults are the original's: Adam with coupled weight decay, no gra
 Checkpoints are `output_dir/checkpoint-STEP` (accelerator.save_state, plus the log-variance and EMA in
 training_state.safetensors; written atomically, rotated); the final model lands in `output_dir/vae` (EMA
 weights when `use_ema`). The loop's bookkeeping (epochs, logging, checkpoints, validation) is in `run.py`.
+
+FSDP (accelerate's FSDP2, `--config_file train_configs/accelerate/fsdp.yaml`), the same loop:
+- Two models, two `prepare` calls (FSDP2 shards one model per call): the autoencoder, its blocks (its
+  `_no_split_modules`) sharded as units of their own, and the PatchGAN sharded as one unit
+  (`run.prepare_as_one_unit`). Models and optimizers keep DDP's order, which accelerate's checkpoints pair by index.
+- The log-variance is no model parameter, and FSDP2 admits only its model's parameters in a prepared optimizer: it
+  gets its own Adam (same settings), stepped with the autoencoder's at that optimizer's learning rate and kept in the
+  checkpoint's training state. Its gradient is averaged by hand, as under DDP; the gradient norm (and clipping)
+  covers both. fp16 is refused (the log-variance would step on scaled gradients): use bf16.
+- The adaptive GAN weight differentiates the two losses w.r.t. the decoder's last weight, which lives in the root
+  unit: FSDP2 keeps the root gathered from its forward to its backward, so the gradient is taken w.r.t. the whole,
+  unsharded weight, this process's gradient as under DDP (`decoder_last_weight`; a config that shards the head on
+  its own is refused).
+- The generator's pass through the PatchGAN gathers its weights (DTensor.full_tensor) and runs it outside FSDP's
+  hooks with the weights detached (`vae_loss.frozen_call`), so no gradient reaches the PatchGAN; its own step runs
+  through FSDP as usual. Its BatchNorm statistics are per process (they never enter a training-mode output).
+- The EMA follows each process's shards; validation and the export run on a whole model gathered on the main
+  process (`run.whole_model`: the EMA weights in a plain AutoencoderVidTwin); checkpoints are FULL_STATE_DICT.
+  Checked on 2 CPU processes against DDP (GAN and EMA on) and for kill-and-resume: tests/test_distributed_fsdp_vae.py.
 """
 
 from dataclasses import dataclass, field
@@ -25,6 +44,7 @@ from ..models.autoencoder_vidtwin import AutoencoderVidTwin
 from .config import parse_config
 from .run import Progress, RunConfig, TrainingBatches, check_finite, finish, log_images, resume, start_run
 from .run import is_fsdp, make_ema, make_loader, make_lr_scheduler, make_optimizer, optimizer_step
+from .run import prepare_as_one_unit
 from .vae_loss import VidTwinLoss
 
 logger = get_logger(__name__)
@@ -150,6 +170,40 @@ def average_logvar_gradient(accelerator, logvar: torch.nn.Parameter) -> None:
         logvar.grad = accelerator.reduce(logvar.grad, reduction="mean")
 
 
+def decoder_last_weight(vae: AutoencoderVidTwin) -> torch.Tensor:
+    """The decoder's last weight as the latest forward used it, for the adaptive GAN weight (`vae` unwrapped).
+
+    Under FSDP2 that is the gathered, unsharded weight: the root module (which owns the head) stays unsharded from
+    its forward to its backward, so its gradient here is this process's full gradient, as under DDP.
+    """
+    weight = vae.head.linear.weight
+    if hasattr(weight, "full_tensor"):
+        raise ValueError(
+            "the decoder's last layer (vae.head) is sharded on its own and resharded after the forward, so the adaptive "
+            "GAN weight cannot take its gradient: shard only the blocks (fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP "
+            "without fsdp_transformer_layer_cls_to_wrap, as in train_configs/accelerate/fsdp.yaml)"
+        )
+    return weight
+
+
+def generator_step(accelerator, vae, logvar: torch.nn.Parameter, optimizer, logvar_optimizer, lr_scheduler,
+                   max_grad_norm: float | None) -> torch.Tensor | None:
+    """Average the log-variance's gradient, clip the autoencoder's and its together, step; the norm (see optimizer_step).
+
+    `logvar_optimizer` (FSDP only, else None) is the log-variance's own optimizer: same settings, stepped with the
+    autoencoder's optimizer at its learning rate.
+    """
+    average_logvar_gradient(accelerator, logvar)
+    if logvar_optimizer is not None:
+        for group in logvar_optimizer.param_groups:
+            group["lr"] = optimizer.param_groups[0]["lr"]  # the rate this update uses, before the scheduler steps
+    grad_norm = optimizer_step(accelerator, [*vae.parameters(), logvar], optimizer, lr_scheduler, max_grad_norm)
+    if logvar_optimizer is not None and accelerator.sync_gradients:
+        logvar_optimizer.step()
+        logvar_optimizer.zero_grad()
+    return grad_norm
+
+
 def discriminator_step(accelerator, loss_fn: VidTwinLoss, discriminator, optimizer, lr_scheduler, video: torch.Tensor,
                        reconstruction: torch.Tensor, step: int, max_grad_norm: float | None) -> dict:
     """One update of the PatchGAN on real clips vs (detached) reconstructions; its logs."""
@@ -160,57 +214,80 @@ def discriminator_step(accelerator, loss_fn: VidTwinLoss, discriminator, optimiz
     return logs
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_config(TrainVAEConfig, argv, __doc__)
-    accelerator = start_run(config)
-    if is_fsdp(accelerator):
-        # Accelerate's FSDP2 takes one model and its optimizer per `prepare` and maps every optimizer parameter to
-        # a shard of that model: the VAE's optimizer also holds the loss's log-variance, the PatchGAN is a second
-        # model, and the adaptive GAN weight differentiates w.r.t. the (sharded) last layer.
-        raise ValueError("train_vae does not support FSDP (distributed_type: FSDP in the accelerate config): the "
-                         "autoencoder fits on one GPU; use DDP (train_configs/accelerate/multi_gpu.yaml or multi_node.yaml)")
+def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_optimization: tuple,
+               discriminator_optimization: tuple, video: torch.Tensor, step: int, config: TrainVAEConfig) -> dict:
+    """One micro-batch `video` (B, 3, T, H, W) in [-1, 1] at optimizer step `step`: the autoencoder's update (and the
+    PatchGAN's from `disc_start` on); its logs. The optimizations are those of `prepare_training`:
+    (optimizer, logvar_optimizer, lr_scheduler) and (disc_optimizer, disc_lr_scheduler)."""
+    optimizer, logvar_optimizer, lr_scheduler = generator_optimization
+    with accelerator.accumulate(vae, discriminator):
+        with accelerator.autocast():
+            output = vae(video, sample_posterior=True)  # through the wrapper, so DDP syncs gradients
+            loss, logs = loss_fn.generator_loss(video, output.sample, output.latent_dist.kl(), step,
+                                                decoder_last_weight(accelerator.unwrap_model(vae)))
+        check_finite(loss, accelerator, step, config.output_dir)
+        accelerator.backward(loss)
+        logs["grad_norm"] = generator_step(accelerator, vae, loss_fn.logvar, optimizer, logvar_optimizer, lr_scheduler,
+                                           config.max_grad_norm)
+        if loss_fn.discriminator_active(step):
+            logs |= discriminator_step(accelerator, loss_fn, discriminator, *discriminator_optimization, video,
+                                       output.sample, step, config.max_grad_norm)
+    return logs
 
-    vae = build_vae(config)
-    loss_fn = build_loss(config).to(accelerator.device)
-    train_set, validation_set = build_datasets(config, vae)
-    loader = make_loader(train_set, config, collate_clips)
-    optimizer = make_optimizer([*vae.parameters(), loss_fn.logvar], config)
+
+def prepare_training(accelerator, config: TrainVAEConfig, vae: AutoencoderVidTwin, loss_fn: VidTwinLoss, loader) -> tuple:
+    """The optimizers and schedulers, everything prepared: (vae, discriminator, loader, (optimizer, logvar_optimizer,
+    lr_scheduler), (disc_optimizer, disc_lr_scheduler)); `logvar_optimizer` is None except under FSDP.
+
+    Two `prepare` calls, one model each (FSDP2 shards one model per call; the PatchGAN as one unit, see
+    run.prepare_as_one_unit); the same order of models and optimizers as one call, so DDP checkpoints keep their
+    file names. Under FSDP2 a prepared optimizer may hold only its model's parameters: the log-variance then gets
+    an optimizer of its own, kept in the checkpoint's training state.
+    """
+    fsdp = is_fsdp(accelerator)
+    if fsdp and accelerator.mixed_precision == "fp16":
+        raise ValueError("mixed_precision fp16 under FSDP: the log-variance's own optimizer would step on scaled "
+                         "gradients; use mixed_precision bf16 (train_configs/accelerate/fsdp.yaml) or no")
+    logvar_optimizer = make_optimizer([loss_fn.logvar], config) if fsdp else None
+    optimizer = make_optimizer([*vae.parameters(), *([] if fsdp else [loss_fn.logvar])], config)
     disc_optimizer = make_optimizer(loss_fn.discriminator.parameters(), config, config.disc_learning_rate)
     lr_scheduler = make_lr_scheduler(optimizer, config, accelerator.num_processes)
     disc_lr_scheduler = make_lr_scheduler(disc_optimizer, config, accelerator.num_processes,
                                           num_training_steps=max(1, config.max_train_steps - config.disc_start))
-    vae, discriminator, optimizer, disc_optimizer, loader, lr_scheduler, disc_lr_scheduler = accelerator.prepare(
-        vae, loss_fn.discriminator, optimizer, disc_optimizer, loader, lr_scheduler, disc_lr_scheduler
-    )
+    vae, optimizer, loader, lr_scheduler = accelerator.prepare(vae, optimizer, loader, lr_scheduler)
+    discriminator, disc_optimizer, disc_lr_scheduler = prepare_as_one_unit(
+        accelerator, loss_fn.discriminator, disc_optimizer, disc_lr_scheduler)
+    return vae, discriminator, loader, (optimizer, logvar_optimizer, lr_scheduler), (disc_optimizer, disc_lr_scheduler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(TrainVAEConfig, argv, __doc__)
+    accelerator = start_run(config)
+    vae = build_vae(config)
+    loss_fn = build_loss(config).to(accelerator.device)
+    train_set, validation_set = build_datasets(config, vae)
+    loader = make_loader(train_set, config, collate_clips)
+    vae, discriminator, loader, generator_optimization, discriminator_optimization = prepare_training(
+        accelerator, config, vae, loss_fn, loader)
+    _, logvar_optimizer, lr_scheduler = generator_optimization
     # Saved beside accelerate's files as safetensors + JSON (registered objects would be pickled).
     training_state = {"logvar": loss_fn.logvar}
-    ema = make_ema(accelerator, vae, config)
+    if logvar_optimizer is not None:
+        training_state["logvar_optimizer"] = logvar_optimizer
+    ema = make_ema(accelerator, vae, config)  # after prepare: under FSDP it follows this process's shards
     if ema is not None:
         training_state["ema"] = ema
 
     global_step, epochs, batches_to_skip = resume(accelerator, config, len(loader), training_state)
-    unwrapped_vae = accelerator.unwrap_model(vae)
     clips = held_out_clips(validation_set, config, accelerator)
+    # Validation and the export get a whole autoencoder (run.whole_model: the model itself, or a gathered copy).
     validation = lambda model, step: validate(model, clips, config, accelerator, step)  # noqa: E731
     batches = TrainingBatches(accelerator, loader, epochs, batches_to_skip)
     progress = Progress(accelerator, config, global_step, vae, ema, lr_scheduler, validation, "vidtwin-vae",
                         training_state)
-    last_layer = unwrapped_vae.head.linear.weight
     for batch in batches:
-        video = batch["video"]  # (B, 3, T, H, W) in [-1, 1]
-        step = progress.global_step
-        with accelerator.accumulate(vae, discriminator):
-            with accelerator.autocast():
-                output = vae(video, sample_posterior=True)  # through the wrapper, so DDP syncs gradients
-                loss, logs = loss_fn.generator_loss(video, output.sample, output.latent_dist.kl(), step, last_layer)
-            check_finite(loss, accelerator, step, config.output_dir)
-            accelerator.backward(loss)
-            average_logvar_gradient(accelerator, loss_fn.logvar)
-            logs["grad_norm"] = optimizer_step(accelerator, [*vae.parameters(), loss_fn.logvar], optimizer, lr_scheduler,
-                                               config.max_grad_norm)
-            if loss_fn.discriminator_active(step):
-                logs |= discriminator_step(accelerator, loss_fn, discriminator, disc_optimizer, disc_lr_scheduler,
-                                           video, output.sample, step, config.max_grad_norm)
+        logs = train_step(accelerator, vae, discriminator, loss_fn, generator_optimization, discriminator_optimization,
+                          batch["video"], progress.global_step, config)
         if accelerator.sync_gradients and progress.update(logs):
             batches.stop()
 

@@ -59,6 +59,35 @@ def _fold_time_into_batch(inputs: torch.Tensor, reconstructions: torch.Tensor) -
     return inputs, reconstructions
 
 
+class _WithoutHooks(nn.Module):
+    """Runs `module.forward` itself, not `module(...)`: the hooks a wrapper put on the module (FSDP2's all-gather
+    before the forward and reduce-scatter after the backward) do not fire. Its parameters are `module.*`."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module.forward(*args)
+
+
+def _whole(parameter: torch.Tensor) -> torch.Tensor:
+    """The full tensor of an FSDP2 shard (a DTensor; gathering is a collective), a plain tensor as it is."""
+    return parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
+
+
+def frozen_call(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """`module(inputs)` with its weights as constants: gradients reach `inputs`, never the weights.
+
+    The unwrapped module runs outside any wrapper: no DDP gradient sync, no FSDP2 hooks on the module itself; weights
+    sharded by FSDP2 (DTensors) are gathered to whole tensors first, so every process must call it. Its submodules
+    must not be FSDP-wrapped on their own (train_vae shards the discriminator as one unit). Buffers (BatchNorm's
+    running statistics) are the module's own and update as in a plain call.
+    """
+    params = {f"module.{name}": _whole(p.detach()) for name, p in module.named_parameters()}
+    return functional_call(_WithoutHooks(module), params, (inputs,))
+
+
 def _as_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
     # One host transfer for all logged values instead of one `.item()` sync each.
     return dict(zip(values, torch.stack([v.detach().float() for v in values.values()]).tolist()))
@@ -72,11 +101,13 @@ class VidTwinLoss(nn.Module):
     `perceptual`. Without the files the perceptual term is off and a warning says so once.
 
     Training-loop contract:
-    - `logvar` trains with the autoencoder: put it in the generator optimiser.
+    - `logvar` trains with the autoencoder: put it in the generator optimiser (under FSDP2, which
+      admits only a model's own parameters in a prepared optimiser, in one of its own: see train_vae).
     - `discriminator` has its own optimiser and may be wrapped (e.g. `accelerator.prepare`); pass the
       wrapped module to `discriminator_loss`, which needs its gradient sync. Leave the attribute
-      itself unwrapped: `generator_loss` calls it directly with detached parameters, so the
-      generator step writes no gradient into the discriminator and never runs its DDP wrapper.
+      itself unwrapped (FSDP2 shards it in place, which is fine): `generator_loss` runs it through
+      `frozen_call` with detached (under FSDP2: gathered) weights, so the generator step writes no
+      gradient into the discriminator and never runs a DDP wrapper or FSDP2's hooks.
     - `logvar` is in no prepared model, so DDP does not average its gradient: average it before the
       generator optimiser steps (see `VidTwinLoss.generator_loss`). Gradient accumulation needs
       nothing else; each micro-batch gets its own adaptive weight, as in the original.
@@ -160,7 +191,9 @@ class VidTwinLoss(nn.Module):
         """disc_weight * clamp(|grad nll| / (|grad g| + 1e-4), 0, 1e4) at `last_layer_weight`, detached.
 
         Scales the GAN gradient to the reconstruction gradient where both enter the decoder. Under
-        DDP these are this process's gradients (not averaged), as in the original.
+        DDP these are this process's gradients (not averaged), as in the original. Under FSDP2 pass
+        the weight the forward used (the gathered one: train_vae.decoder_last_weight, read after the
+        forward); a sharded DTensor is not in the graph.
         """
         if last_layer_weight is None:
             raise ValueError(
@@ -221,9 +254,8 @@ class VidTwinLoss(nn.Module):
 
         g_loss = d_weight = loss.new_zeros(())
         if self.discriminator_active(global_step):
-            # Detached parameters: the generator is pushed through D without D collecting gradients.
-            params = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-            logits_fake = functional_call(self.discriminator, params, (frames_rec,))  # (B*T, 1, H', W')
+            # Detached weights: the generator is pushed through D without D collecting gradients.
+            logits_fake = frozen_call(self.discriminator, frames_rec)  # (B*T, 1, H', W')
             g_loss = -torch.mean(logits_fake.float())
             if self.training and torch.is_grad_enabled():
                 d_weight = self.adaptive_weight(nll_loss, g_loss, last_layer_weight)

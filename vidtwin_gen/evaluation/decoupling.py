@@ -14,9 +14,11 @@ centroids getting motion right about half the time). They are cheap (thousands o
 read-out scales to hundreds of pairs, and each number means something one can check by eye.
 
 - the object is the set of saturated pixels (the background is nearly grey by construction);
-- **content** (5 classes): the object's chromaticity, its area, the contrast of its texture and its
-  silhouette's 2-, 3- and 4-fold symmetry, read by a linear probe (`class_probe.fit_class_probe`) fitted on
-  real train clips;
+- **content** (5 classes): the object's chromaticity, read by a linear probe (`class_probe.fit_class_probe`)
+  fitted on real train clips. Colour and shape go together in this set, and colour survives the autoencoder's
+  blur where shape does not: with area, texture contrast and silhouette symmetry added, the probe still read
+  100 % of real held-out clips but only 39 % of the quickstart autoencoder's reconstructions of them (95 % on
+  colour alone);
 - **slow drift**: the whole frame's translation from frame to frame (one least-squares optical-flow step over
   the background pixels, Lucas-Kanade with a single global motion), summed over the clip: a 2-vector in frame
   heights. No fitting; "C has A's drift" when C's drift is nearer A's than B's;
@@ -32,6 +34,7 @@ pipeline's decoupled control (structure of a clip, dynamics generated for anothe
 import argparse
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,10 +110,10 @@ def clip_statistics(videos) -> dict[str, np.ndarray]:
     """Hand-made statistics of (B, 3, T, H, W) clips in [-1, 1].
 
     Returns:
-        "content": (B, 9) chromaticity (3), object area, texture contrast, |moment| of orders 2-4 (3),
-            object saturation; "drift": (B, 2) the scene's translation over the clip in frame heights (x, y);
-        "fast": (B, 7) object brightness and mass swing, up-down and sideways oscillation against the
-            background, turning speed of the moments of orders 2-4.
+        "content": (B, 3) the object's chromaticity (its mean colour over the clip, divided by its sum);
+        "drift": (B, 2) the scene's translation over the clip in frame heights (x, y);
+        "fast": (B, 7) the object's brightness and mass swing, its up-down and sideways oscillation against the
+            background, and how fast its moments of orders 2-4 turn.
     """
     frames = _unit_frames(videos)
     height = frames.shape[2]
@@ -118,24 +121,17 @@ def clip_statistics(videos) -> dict[str, np.ndarray]:
     for clip in frames:
         weight = _object_weight(clip)  # (T, H, W)
         mass = weight.sum((1, 2))  # (T,)
-        total = mass.sum() + 1e-6
-        colour = (weight[..., None] * clip).sum((0, 1, 2)) / total
-        brightness_t = (weight[..., None] * clip).sum((1, 2, 3)) / (mass + 1e-6)  # (T,) object brightness (x3)
-        value = clip.max(-1)
-        texture = np.sqrt((weight * (value - (weight * value).sum((1, 2), keepdims=True) / (mass[:, None, None] + 1e-6)) ** 2)
-                          .sum() / total)
+        colour = (weight[..., None] * clip).sum((0, 1, 2)) / (mass.sum() + 1e-6)
+        brightness = (weight[..., None] * clip).sum((1, 2, 3)) / (mass + 1e-6)  # (T,)
         centroids, moments = _symmetry_moments(weight)
-        steps = global_drift(clip, weight)
-        scene = np.concatenate([[[0.0, 0.0]], np.cumsum(steps, 0)])  # (T, 2) where the background has moved
+        scene = np.concatenate([[[0.0, 0.0]], np.cumsum(global_drift(clip, weight), 0)])  # (T, 2) background's travel
         relative = centroids - scene  # the object's place in the scene's own frame
         relative -= relative.mean(0)
-        area = (weight > 0.05).mean((1, 2))
-        turning = np.abs(np.diff(moments, axis=0)).mean(0)  # (3,)
-        content.append(np.concatenate([colour / (colour.sum() + 1e-6), [area.mean(), texture / (value.mean() + 1e-6)],
-                                       np.abs(moments).mean(0), [total / weight.size]]))
+        content.append(colour / (colour.sum() + 1e-6))
         drift.append(scene[-1] / height)
-        fast.append(np.concatenate([[brightness_t.std() / (brightness_t.mean() + 1e-6), mass.std() / (mass.mean() + 1e-6),
-                                     relative[:, 1].std() / height, relative[:, 0].std() / height], turning]))
+        fast.append(np.concatenate([[brightness.std() / (brightness.mean() + 1e-6), mass.std() / (mass.mean() + 1e-6),
+                                     relative[:, 1].std() / height, relative[:, 0].std() / height],
+                                    np.abs(np.diff(moments, axis=0)).mean(0)]))
     return {"content": np.array(content), "drift": np.array(drift), "fast": np.array(fast)}
 
 
@@ -520,7 +516,8 @@ def decoupling_for_vae(vae, data_root, num_pairs: int = 200, seed: int = 0, spli
         if sheet is not None:
             write_decoupling_sheet(sheet, videos, sheet_caption(report, names), fps=fps)
         if videos_dir is not None:
-            export_videos(np.stack(list(videos.values())), videos_dir, [t.replace(" ", "_") for t in videos], fps)
+            file_names = [re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_") for title in videos]  # reenactment_S_A_D_B
+            export_videos(np.stack(list(videos.values())), videos_dir, file_names, fps)
     return report
 
 

@@ -10,7 +10,7 @@ from vidtwin_gen.data import make_embedded_dataset
 # 3 classes x 3 groups x 2 clips = 18 videos of 24 frames at 64x48, 25 fps (about a second to write).
 # Split k holds out group k: 12 train and 6 test videos per split.
 TINY_EMBEDDED = {
-    "classes": ["RedSquareDrift", "RedSquareSpin", "BlueCircleBounce"],
+    "classes": ["RedSquareBounce", "RedSquareSpin", "BlueCircleBounce"],
     "num_groups": 3,
     "clips_per_group": 2,
     "num_frames": 24,

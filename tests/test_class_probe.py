@@ -123,10 +123,10 @@ def i3d():
 
 
 def test_probe_for_embedded_data_root(embedded_root, i3d, tmp_path):
-    # 3 classes (red square drifting / spinning, blue circle bouncing), 12 train and 6 test videos.
+    # 3 classes (red square bouncing / spinning, blue circle bouncing), 12 train and 6 test videos.
     probe = probe_for_data_root(embedded_root, i3d, size=48)
     meta = probe.metadata
-    assert probe.class_names == ["RedSquareDrift", "RedSquareSpin", "BlueCircleBounce"]
+    assert probe.class_names == ["RedSquareBounce", "RedSquareSpin", "BlueCircleBounce"]
     assert (meta["num_train"], meta["num_test"], meta["num_skipped"], meta["clips"]) == (12, 6, 0, "real")
     assert meta["test_report"]["confusion_matrix"] and sum(map(sum, meta["test_report"]["confusion_matrix"])) == 6
     if hasattr(i3d, "weights_sha256"):  # real weights: the classes differ in colour, shape and motion
@@ -184,7 +184,7 @@ def test_train_dit_logs_sample_class_accuracy(embedded_root, i3d, tmp_path):
     AutoencoderVidTwin.from_preset("tiny", num_frames=16).save_pretrained(tmp_path / "vae")  # I3D takes 16 frames
     encode_dataset(tmp_path / "vae", embedded_root, tmp_path / "cache", batch_size=4)
     features, labels = clustered(4, num_classes=3, dim=400)
-    names = ["RedSquareDrift", "RedSquareSpin", "BlueCircleBounce"]
+    names = ["RedSquareBounce", "RedSquareSpin", "BlueCircleBounce"]
     fit_class_probe(features, labels, 3, names).save(tmp_path / "probe.safetensors")
     options = {"vae": tmp_path / "vae", "latent_cache": tmp_path / "cache", "model": "{preset: tiny}",
                "train_batch_size": 4, "max_train_steps": 2, "lr_warmup_steps": 1, "validation_steps": 2,

@@ -1,5 +1,6 @@
-"""The embedded synthetic data set: layout, determinism, and classes that differ in content and in motion."""
+"""The embedded synthetic data set: layout, determinism, and clips whose content, slow drift and fast motion are\nseparate factors (the probes that read them: test_decoupling.py)."""
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -8,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from vidtwin_gen.data.embedded import CLASSES, main, make_embedded_dataset
+from vidtwin_gen.data.embedded import CLASSES, CONTENTS, FAST_MOTIONS, drift_offset, main, make_embedded_dataset
 from vidtwin_gen.data.ucf101 import load_ucf101
 from vidtwin_gen.data.video_folder import load_video_folder
 
@@ -18,13 +19,47 @@ def _decode(path) -> np.ndarray:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
-def test_ten_classes_cross_content_and_motion():
+def test_ten_classes_cross_content_with_fast_motion():
     assert len(CLASSES) == 10 and len({cls.name for cls in CLASSES}) == 10
-    for content in {(cls.colour, cls.shape) for cls in CLASSES}:
-        motions = {cls.motion for cls in CLASSES if (cls.colour, cls.shape) == content}
-        assert "drift" in motions and len(motions) == 2  # each content drifts, and moves fast locally
-    assert {cls.motion for cls in CLASSES} == {"drift", "spin", "bounce", "flicker"}
+    assert {cls.motion for cls in CLASSES} == set(FAST_MOTIONS) == {"spin", "bounce", "flicker"}
+    for content in CONTENTS:  # each content with two fast motions
+        assert len({cls.motion for cls in CLASSES if cls.content == content}) == 2, content
+    for motion in FAST_MOTIONS:  # each fast motion with several contents
+        assert len({cls.content for cls in CLASSES if cls.motion == motion}) >= 3, motion
+    assert all(cls.name == cls.content + cls.motion.capitalize() for cls in CLASSES)
+    assert not any(cls.shape == "circle" and cls.motion == "spin" for cls in CLASSES)  # a spinning disc looks still
     assert all(re.fullmatch(r"(?:[A-Z][a-z]+)+", cls.name) for cls in CLASSES)  # CamelCase like UCF-101
+
+
+def test_default_videos_hold_four_chunks_at_8_fps():
+    # Four consecutive 16-frame chunks at 8 fps (every 3rd frame at 25 fps) need 3 * 63 + 1 = 190 frames.
+    defaults = inspect.signature(make_embedded_dataset).parameters
+    assert defaults["fps"].default == 25.0 and defaults["num_frames"].default >= 190
+
+
+def test_scene_drifts_on_a_closed_path_and_the_object_stays_in_frame(tmp_path):
+    # A whole default-length video per class, small: every frame's border (of the 4:3 frame and of its centre
+    # square, the quickstart's crop) is background, while the scene moves.
+    height, width = 48, 64
+    root = make_embedded_dataset(tmp_path, classes=[cls.name for cls in CLASSES], num_groups=3, clips_per_group=1,
+                                 width=width, height=height)
+    description = json.loads((root / "embedded_dataset.json").read_text())
+    left = (width - height) // 2
+    for cls in CLASSES:
+        relative = f"{cls.name}/v_{cls.name}_g01_c01.avi"
+        frames = _decode(root / "UCF-101" / relative).astype(float)
+        assert len(frames) == 210
+        saturation = frames.max(-1) - frames.min(-1)  # (T, H, W); the background is nearly grey
+        for border in (saturation[:, [0, -1], :], saturation[:, :, [0, -1]], saturation[:, :, [left, left + height - 1]]):
+            assert border.max() < 60, cls.name
+        assert saturation.max() > 120, cls.name  # the object is there
+        # The drift: the corners change, and the path is a circle (back where it started after a period).
+        corners = np.concatenate([frames[:, :5, :5], frames[:, -5:, -5:]], axis=1)
+        assert np.abs(corners[60] - corners[0]).mean() > 4, cls.name
+        factors = description["videos"][relative]
+        assert factors["content"] == cls.content and factors["fast_motion"] == cls.motion
+        start, after_a_turn = drift_offset(factors, 0.0), drift_offset(factors, factors["drift_period"])
+        assert np.allclose(start, after_a_turn) and 0.12 <= np.hypot(*start) <= 0.14
 
 
 def test_layout_matches_ucf101(embedded_root, tiny_embedded_options):
@@ -38,7 +73,7 @@ def test_layout_matches_ucf101(embedded_root, tiny_embedded_options):
     class_ind = (root / "ucfTrainTestlist" / "classInd.txt").read_bytes()
     assert class_ind == "".join(f"{i} {name}\r\n" for i, name in enumerate(names, 1)).encode()
     first_train = (root / "ucfTrainTestlist" / "trainlist01.txt").read_text().splitlines()[0]
-    assert re.fullmatch(r"RedSquareDrift/v_RedSquareDrift_g02_c01\.avi 1", first_train)
+    assert re.fullmatch(r"RedSquareBounce/v_RedSquareBounce_g02_c01\.avi 1", first_train)
     with av.open(str(videos[0])) as container:
         stream = container.streams.video[0]
         assert (stream.width, stream.height, stream.frames, float(stream.average_rate)) == (64, 48, 24, 25.0)
@@ -57,28 +92,19 @@ def test_same_seed_same_frames_other_seed_other_frames(embedded_root, tmp_path, 
     assert not np.array_equal(_decode(again / relative), _decode(other / relative))
 
 
-def test_classes_differ_in_content_and_motion(make_embedded):
+def test_classes_differ_in_content(make_embedded):
     root = make_embedded(classes=[cls.name for cls in CLASSES], num_groups=3, clips_per_group=1, num_frames=25)
-    corner_change, colour = {}, {}
     for cls in CLASSES:
         frames = _decode(Path(root) / f"UCF-101/{cls.name}/v_{cls.name}_g01_c01.avi").astype(float)  # (T, H, W, 3)
-        # The object never reaches the frame corners; a corner changes only if the whole scene moves.
-        corners = np.concatenate([frames[:, :6, :6], frames[:, :6, -6:], frames[:, -6:, :6], frames[:, -6:, -6:]], axis=1)
-        corner_change[cls.name] = np.abs(corners[-1] - corners[0]).mean()
         # The object's colour: the most saturated pixels of the middle frame.
         middle = frames[len(frames) // 2].reshape(-1, 3)
         saturation = middle.max(1) - middle.min(1)
-        colour[cls.name] = middle[saturation >= np.quantile(saturation, 0.97)].mean(0)
-    for cls in CLASSES:
-        if cls.motion == "drift":
-            assert corner_change[cls.name] > 4, cls.name
-        else:
-            assert corner_change[cls.name] < 1.5, cls.name
+        colour = middle[saturation >= np.quantile(saturation, 0.97)].mean(0)
         # The hue is the class's own: nearest of the five palette colours by direction (textures and flicker
         # darken the object, which scales its colour).
         palette = np.array(sorted({c.colour for c in CLASSES}), float)
-        similarity = palette @ colour[cls.name] / np.linalg.norm(palette, axis=1)
-        assert tuple(palette[similarity.argmax()]) == cls.colour, (cls.name, colour[cls.name])
+        similarity = palette @ colour / np.linalg.norm(palette, axis=1)
+        assert tuple(palette[similarity.argmax()]) == cls.colour, (cls.name, colour)
 
 
 def test_fast_motion_changes_the_object_between_sampled_frames(embedded_root):
@@ -94,7 +120,7 @@ def test_train_split_loads_every_class(embedded_root, tiny_embedded_options):
 
 
 def test_existing_output_needs_overwrite(tmp_path):
-    options = {"classes": ["BlueCircleDrift"], "num_groups": 3, "clips_per_group": 1, "num_frames": 4, "width": 32,
+    options = {"classes": ["BlueCircleBounce"], "num_groups": 3, "clips_per_group": 1, "num_frames": 4, "width": 32,
                "height": 24}
     make_embedded_dataset(tmp_path, **options)
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -111,7 +137,7 @@ def test_bad_arguments(tmp_path, kwargs):
 
 
 def test_cli(tmp_path, capsys):
-    argv = ["--output-dir", str(tmp_path), "--classes", "GreenTriangleSpin", "YellowStripesFlicker", "--num-groups", "3",
+    argv = ["--output-dir", str(tmp_path), "--classes", "GreenTriangleSpin", "YellowStripesBounce", "--num-groups", "3",
             "--clips-per-group", "1", "--num-frames", "6", "--width", "32", "--height", "24", "--seed", "5"]
     assert main(argv) == 0
     assert "wrote 6 videos" in capsys.readouterr().out
@@ -125,7 +151,7 @@ def test_metadata_layout_holds_split_1_with_the_same_videos(embedded_root, make_
     assert sorted(p.name for p in root.iterdir()) == ["embedded_dataset.json", "test", "train"]
     header, first = (root / "train" / "metadata.csv").read_text().splitlines()[:2]
     assert header == "file_name,text,label"
-    assert first == "RedSquareDrift/v_RedSquareDrift_g02_c01.avi,red square drift,RedSquareDrift"
+    assert first == "RedSquareBounce/v_RedSquareBounce_g02_c01.avi,red square bounce,RedSquareBounce"
     for subset in ("train", "test"):
         ucf, own = load_ucf101(embedded_root, 1, subset), load_video_folder(root, subset)
         relative = lambda paths, base: [str(Path(p).relative_to(base)) for p in paths]  # noqa: E731

@@ -61,10 +61,11 @@ def test_generate_through_diffusion_pipeline(artifacts, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.mp4")) == sorted(f"{c}.mp4" for c in classes)
 
 
-def test_decoupled_control(artifacts, tmp_path):
-    run([sys.executable, example("decoupled_control.py"), "--pipeline", str(artifacts["root"] / "pipeline"),
-         "--video", artifacts["videos"][0], "--classes", *artifacts["names"][:2], "--steps", "2", "--output-dir", "out"],
-        cwd=tmp_path)
+def test_decoupled_control(artifacts, embedded_root, tmp_path):
+    out = run([sys.executable, example("decoupled_control.py"), "--pipeline", str(artifacts["root"] / "pipeline"),
+               "--video", artifacts["videos"][0], "--classes", *artifacts["names"][:2], "--steps", "2", "--output-dir",
+               "out", "--data-root", str(embedded_root)], cwd=tmp_path)
+    assert "kept structure: the clip's content in" in out
     assert len(list((tmp_path / "out").glob("kept_structure_*.mp4"))) == 2
     assert len(list((tmp_path / "out").glob("dynamics_path_*.mp4"))) == 5
 

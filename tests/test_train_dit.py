@@ -36,11 +36,11 @@ def test_class_conditional_run_exports_a_pipeline(vae_and_cache, tmp_path):
     out = tmp_path / "run"
     assert main(arguments(vae, out, latent_cache=cache, validation_steps=4)) == 0
     assert sorted(p.name for p in (out / "samples" / "step-4").glob("*.mp4")) == [
-        "00_RedSquareDrift.mp4", "01_RedSquareSpin.mp4", "02_BlueCircleBounce.mp4"
+        "00_RedSquareBounce.mp4", "01_RedSquareSpin.mp4", "02_BlueCircleBounce.mp4"
     ]
     pipe = VidTwinPipeline.from_pretrained(out / "pipeline")
     assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
-    assert pipe.labels == {"RedSquareDrift": 0, "RedSquareSpin": 1, "BlueCircleBounce": 2}
+    assert pipe.labels == {"RedSquareBounce": 0, "RedSquareSpin": 1, "BlueCircleBounce": 2}
     stats = load_latent_cache(cache).stats
     assert pipe.transformer.config.structure_latent_mean == pytest.approx(stats["structure"]["mean"])
     frames = pipe(class_labels=["RedSquareSpin"], num_inference_steps=2, output_type="np").frames
@@ -112,6 +112,6 @@ def test_samples_reach_tensorboard_and_the_gradient_norm_is_logged(vae_and_cache
                           report_to="tensorboard", max_grad_norm="null")) == 0
     accumulator = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents.*"))))
     accumulator.Reload()
-    assert accumulator.Tags()["images"] == ["samples RedSquareDrift | RedSquareSpin | BlueCircleBounce"]
+    assert accumulator.Tags()["images"] == ["samples RedSquareBounce | RedSquareSpin | BlueCircleBounce"]
     grad_norms = [event.value for event in accumulator.Scalars("grad_norm")]
     assert len(grad_norms) == 2 and all(value > 0 for value in grad_norms)

@@ -19,7 +19,7 @@ from vidtwin_gen.data.ucf101 import (
 )
 
 # The tiny embedded set of conftest.py: 3 classes x 3 groups x 2 clips; split k tests on group k.
-CLASSES = ["RedSquareDrift", "RedSquareSpin", "BlueCircleBounce"]
+CLASSES = ["RedSquareBounce", "RedSquareSpin", "BlueCircleBounce"]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -207,7 +207,7 @@ def test_clips_from_a_metadata_root_skip_and_count_broken_files(make_embedded, t
     shutil.copytree(make_embedded(layout="metadata"), root)
     clips = UCF101Clips(root, subset="test", num_frames=4, size=32, target_fps=None, train=False)
     assert len(clips) == 6  # split 1's test groups: 3 classes x 1 group x 2 clips
-    assert clips.class_names == ["BlueCircleBounce", "RedSquareDrift", "RedSquareSpin"]
+    assert clips.class_names == ["BlueCircleBounce", "RedSquareBounce", "RedSquareSpin"]
     victim = Path(clips.dataset[0]["path"])
     victim.write_bytes(b"not a video")
     with caplog.at_level(logging.WARNING):

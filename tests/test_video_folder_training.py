@@ -45,9 +45,9 @@ def test_both_stages_train_from_a_metadata_root(metadata_root, tmp_path):
                               "--num-workers", "0", "--batch-size", "6", "--device", "cpu"]) == 0
     loaded = load_latent_cache(cache)
     train_rows = load_video_folder(metadata_root, "train")
-    assert loaded.class_names == ["BlueCircleBounce", "RedSquareDrift", "RedSquareSpin"]
+    assert loaded.class_names == ["BlueCircleBounce", "RedSquareBounce", "RedSquareSpin"]
     assert sorted(loaded.dataset["path"]) == sorted(train_rows["path"])
-    assert set(loaded.dataset["caption"]) == {"red square drift", "red square spin", "blue circle bounce"}
+    assert set(loaded.dataset["caption"]) == {"red square bounce", "red square spin", "blue circle bounce"}
 
     dit_run = tmp_path / "dit_run"
     conditioning = "text" if HAS_TEXT_ENCODER else "class"

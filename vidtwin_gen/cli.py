@@ -24,6 +24,7 @@ COMMANDS = {
     "reenact": ("vidtwin_gen.generate", "structure of one clip with the dynamics of another"),
     "eval-recon": ("vidtwin_gen.evaluation.reconstruction", "PSNR/SSIM of autoencoder reconstructions"),
     "eval-fvd": ("vidtwin_gen.evaluation.fvd", "Frechet Video Distance"),
+    "eval-decoupling": ("vidtwin_gen.evaluation.decoupling", "do structure and dynamics carry content/drift and fast motion?"),
 }
 
 

@@ -9,8 +9,9 @@ Stages (each skipped when its output already exists, so a rerun resumes where th
     latents   encode the training split once                                  OUT/latents
     dit       train a small class-conditional DiT (dit/quickstart_class.yaml) OUT/pipeline  (run: OUT/runs/dit)
     samples   a video per class (mp4 + gif) and a contact sheet               OUT/samples, OUT/samples.png
-    decouple  original | reconstruction | structure only | dynamics only | structure A + dynamics B
-                                                                              OUT/decoupling.png (+ videos)
+    decouple  originals A and B | reconstruction | structure only | dynamics only | structure A + dynamics B,
+              with frame differences and the measured decoupling (eval-decoupling's read-out over many pairs)
+                                                                              OUT/decoupling.png, .gif, .json
     metrics   reconstruction PSNR/SSIM on held-out clips; a fixed number of samples per class: their class
               accuracy under two linear probes on I3D features (fitted on real train clips, and on the VAE's
               reconstructions of them), FVD against the held-out clips with a bootstrap interval; wall time
@@ -30,12 +31,12 @@ import torch
 import yaml
 
 from . import VidTwinPipeline
-from .data.embedded import CLASSES as EMBEDDED_CLASSES
 from .data.embedded import make_embedded_dataset
-from .data.export import decoded_to_frames, export_videos
+from .data.export import export_videos
 from .data.latent_cache import encode_dataset
 from .data.ucf101 import UCF101Clips
 from .evaluation.class_probe import format_sample_class_accuracies, generator_probes, sample_class_accuracies
+from .evaluation.decoupling import decoupling_for_vae, format_decoupling
 from .evaluation.fvd import extract_features, format_fvd_interval, fvd_bootstrap, pipeline_clips
 from .evaluation.i3d import load_i3d
 from .evaluation.reconstruction import evaluate_reconstruction
@@ -124,29 +125,12 @@ def write_samples(out: Path, pipe: VidTwinPipeline, class_names: list[str], args
     contact_sheet(list(frames), names).save(out / "samples.png")  # last: its presence marks the stage done
 
 
-def write_decoupling(out: Path, data: Path, vae: AutoencoderVidTwin, class_names: list[str]) -> None:
-    clips, labels = held_out_clips(data, vae, limit=10**9)
-    # A: slow drift of the whole scene; B: another shape in fast local motion. A gives the structure, B the dynamics.
-    kind = {c.name: c for c in EMBEDDED_CLASSES}
-    a = next(i for i, label in enumerate(labels) if kind[class_names[label]].motion == "drift")
-    b = next(i for i, label in enumerate(labels) if kind[class_names[label]].motion != "drift"
-             and kind[class_names[label]].shape != kind[class_names[labels[a]]].shape)
-    with torch.no_grad():
-        z = vae.encode(clips[[a, b]]).latent_dist.mode()
-        rows = {
-            "original A": clips[[a]],
-            "reconstruction A": vae.decode(z[:1]).sample,
-            "structure only A": vae.decode(z[:1], part="structure").sample,
-            "dynamics only A": vae.decode(z[:1], part="dynamics").sample,
-            "original B": clips[[b]],
-            "structure A + dynamics B": vae.reenact(clips[[a]], clips[[b]]).sample,
-        }
-    frames = [decoded_to_frames(video)[0] for video in rows.values()]
-    names = {"A": class_names[labels[a]], "B": class_names[labels[b]]}
-    titles = [f"{title} ({names['A']} + {names['B']})" if "+" in title else f"{title} ({names[title[-1]]})"
-              for title in rows]
-    contact_sheet(frames, titles).save(out / "decoupling.png")
-    export_videos(np.stack(frames), out / "decoupling", [title.replace(" ", "_") for title in rows], FPS)
+def write_decoupling(out: Path, data: Path, vae: AutoencoderVidTwin) -> None:
+    """The sheet of one held-out pair (+ GIF, + a video per row) and `decoupling.json`: how often content, drift
+    and fast motion land where they should over many pairs (written last: the stage's completion mark)."""
+    report = decoupling_for_vae(vae, data, fps=FPS, sheet=out / "decoupling.png", videos_dir=out / "decoupling")
+    (out / "decoupling.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(format_decoupling(report))
 
 
 def write_metrics(out: Path, data: Path, pipe: VidTwinPipeline, class_names: list[str], times: dict, args) -> None:
@@ -167,7 +151,8 @@ def write_metrics(out: Path, data: Path, pipe: VidTwinPipeline, class_names: lis
            "note": "a demo-sized protocol: not comparable with published FVD figures (2,048 or 10,000 clips)"}
     accuracy = sample_class_accuracies(probes, generated, labels, class_names)
     report = {"reconstruction": reconstruction, "sample_class_accuracy": accuracy, "fvd": fvd,
-              "sampling": {**settings, "samples_per_class": args.samples_per_class}, "wall_time_seconds": times}
+              "sampling": {**settings, "samples_per_class": args.samples_per_class}, "wall_time_seconds": times,
+              "decoupling": json.loads((out / "decoupling.json").read_text())}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_sample_class_accuracies(accuracy))
 
@@ -213,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.set_progress_bar_config(desc="sampling")
     class_names = [pipe.config.id2label[str(i)] for i in range(len(pipe.labels))]
     stage("samples", (out / "samples.png").exists(), lambda: write_samples(out, pipe, class_names, args))
-    stage("decouple", (out / "decoupling.png").exists(), lambda: write_decoupling(out, data, pipe.vae, class_names))
+    stage("decouple", (out / "decoupling.json").exists(), lambda: write_decoupling(out, data, pipe.vae))
     stage("metrics", (out / "metrics.json").exists(), lambda: write_metrics(out, data, pipe, class_names, times, args))
     report = json.loads((out / "metrics.json").read_text())
     report["wall_time_seconds"] = {**times, "total": round(sum(times.values()), 1)}

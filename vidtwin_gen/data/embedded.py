@@ -1,16 +1,33 @@
 """The embedded data set: small synthetic videos written in exactly the UCF-101 layout.
 
-Ten classes cross content with motion, so that structure and dynamics are visibly different things:
+Every clip has three factors, the ones VidTwin's two latents are meant to separate:
 
-- content: a coloured shape or textured patch (red square, blue circle, green triangle, yellow stripes,
-  purple checker) on a softly textured background;
-- motion: either a slow drift of the whole scene (a camera pan, everything moves together by a fraction of
-  the frame per second), or fast local motion of the object over a static background (spinning, bouncing,
-  flickering brightness).
+- **content**: a coloured shape or textured patch (red square, blue circle, green triangle, yellow stripes,
+  purple checker) on a softly textured, nearly grey background; the structure latent's "main semantic content";
+- **slow motion**: the whole scene (background and object together, like a camera) drifts along a closed
+  circle of about a seventh of the frame height, one turn in 6-8 s, clockwise or not, from a random phase. A
+  16-frame clip at 8 fps (2 s) sees a drift of ~0.25 frame heights in a direction that differs from clip to
+  clip; over the whole video the object stays in frame. The structure latent's "gradual camera motion";
+- **fast motion**: a local motion of the object alone, fast enough to change it between consecutive 8 fps
+  frames (spin 0.55-0.85 turns/s, bounce 1-1.5 Hz, flicker 1.6-2.4 Hz) and slow enough not to alias; the
+  dynamics latent's "rapid local motion".
 
-Each content appears once drifting and once with a fast local motion ("RedSquareDrift", "RedSquareSpin", ...).
+The ten classes cross content with fast motion ("RedSquareSpin", "RedSquareBounce", ...): each content with
+two fast motions and each fast motion with three or four contents (spin is left out for the circle, which it
+would not change), so neither factor gives the other away and a probe can read each from a clip on its own.
+A cross-reenactment of two clips with different content and different fast motion then has an answer per
+factor: content and slow drift of the structure clip, fast motion of the dynamics clip. The slow drift is a
+per-clip continuous factor (not part of the class), so every class shows it and a reenactment's drift can be
+compared with both source clips'.
+
+Sizes suit the quickstart (32x32, 16 frames at 8 fps): the object's radius is ~0.2 of the frame height, the
+background's texture has wavelengths of 0.25-0.6 heights (a drift is visible at 32x32), and a video is 210
+frames at 25 fps (8.4 s: four consecutive 16-frame chunks at 8 fps and then some), each motion persisting for
+the whole video. `embedded_dataset.json` lists every video's factors (content, fast motion and its
+parameters, the drift circle), so evaluation code can check its read-outs against the truth.
+
 Like UCF-101, videos come in groups gXX (a "scene": background, object size and place, colour shade) of clips
-cYY (speed, direction and phase of the motion), and split k holds out the k-th third of the groups.
+cYY (drift path, speed and phase of the fast motion), and split k holds out the k-th third of the groups.
 Everything is drawn from a seed: the same seed writes the same frames.
 
     vidtwin-gen make-dataset --output-dir data/embedded      # then load_ucf101("data/embedded")
@@ -42,23 +59,30 @@ class EmbeddedClass:
     name: str
     colour: tuple[int, int, int]
     shape: str  # "square" | "circle" | "triangle" | "stripes" | "checker"
-    motion: str  # "drift" (whole scene, slow) | "spin" | "bounce" | "flicker" (local, fast)
+    motion: str  # the fast local motion: "spin" | "bounce" | "flicker" (every clip also drifts slowly)
+
+    @property
+    def content(self) -> str:
+        """"RedSquare", ...: the class name without its motion."""
+        return self.name[: -len(self.motion)]
 
 
-_CONTENT = {
+CONTENTS = {
     "RedSquare": ((220, 40, 40), "square"),
     "BlueCircle": ((40, 90, 235), "circle"),
     "GreenTriangle": ((40, 200, 70), "triangle"),
     "YellowStripes": ((240, 215, 40), "stripes"),
     "PurpleChecker": ((165, 60, 210), "checker"),
 }
-_FAST_MOTION = {"RedSquare": "spin", "BlueCircle": "bounce", "GreenTriangle": "spin", "YellowStripes": "flicker",
-                "PurpleChecker": "bounce"}
+FAST_MOTIONS = ("spin", "bounce", "flicker")
+_MOTIONS_OF = {"RedSquare": ("spin", "bounce"), "BlueCircle": ("bounce", "flicker"),
+               "GreenTriangle": ("spin", "flicker"), "YellowStripes": ("spin", "bounce"),
+               "PurpleChecker": ("spin", "flicker")}
 
 CLASSES = tuple(
     EmbeddedClass(content + motion.capitalize(), colour, shape, motion)
-    for content, (colour, shape) in _CONTENT.items()
-    for motion in ("drift", _FAST_MOTION[content])
+    for content, (colour, shape) in CONTENTS.items()
+    for motion in _MOTIONS_OF[content]
 )
 
 
@@ -70,30 +94,34 @@ def _scene(rng: np.random.Generator, cls: EmbeddedClass, height: int, width: int
         angle, wavelength = rng.uniform(0, math.pi), rng.uniform(0.25, 0.6) * height
         waves.append((amplitude, 2 * math.pi / wavelength * math.cos(angle), 2 * math.pi / wavelength * math.sin(angle),
                       rng.uniform(0, 2 * math.pi)))
-    # Objects span about half the frame height, so that a quickstart model working at 32x32 still sees the
-    # shape clearly.
+    # The background stays nearly grey (channels within +-12 of each other) so that the saturated object stands
+    # out; the object (radius ~0.2 heights) stays in frame through drift (0.14) and bounce (0.08) together.
     return {
-        "bg_dark": base + rng.uniform(-20, 20, 3) - 25,
-        "bg_light": base + rng.uniform(-20, 20, 3) + 25,
+        "bg_dark": base + rng.uniform(-12, 12, 3) - 25,
+        "bg_light": base + rng.uniform(-12, 12, 3) + 25,
         "waves": waves,
-        "radius": rng.uniform(0.27, 0.32) * height,
-        "centre": (width / 2 + rng.uniform(-0.08, 0.08) * width, height / 2 + rng.uniform(-0.08, 0.08) * height),
+        "radius": rng.uniform(0.19, 0.21) * height,
+        "centre": (width / 2 + rng.uniform(-0.03, 0.03) * height, height / 2 + rng.uniform(-0.03, 0.03) * height),
         "colour": np.clip(np.array(cls.colour) + rng.uniform(-15, 15, 3), 0, 255),
         "angle": rng.uniform(0, 2 * math.pi),
     }
 
 
-def _motion(rng: np.random.Generator, cls: EmbeddedClass, height: int) -> dict:
-    """Per-clip motion parameters. Fast motions are chosen to stay visible (no aliasing) at 8 fps sampling."""
-    if cls.motion == "drift":
-        angle = rng.uniform(0, 2 * math.pi)
-        speed = rng.uniform(0.14, 0.2) * height  # pixels per second: a slow pan
-        return {"velocity": (speed * math.cos(angle), speed * math.sin(angle))}
+def _motion(rng: np.random.Generator, cls: EmbeddedClass) -> dict:
+    """Per-clip motion parameters, in frame heights and seconds. Fast motions stay visible (no aliasing) at 8 fps."""
+    drift = {"drift_radius": rng.uniform(0.12, 0.14), "drift_period": rng.uniform(6.0, 8.0),
+             "drift_direction": int(rng.choice([-1, 1])), "drift_phase": rng.uniform(0, 2 * math.pi)}
     if cls.motion == "spin":
-        return {"turns_per_s": rng.choice([-1, 1]) * rng.uniform(0.55, 0.85)}
+        return {**drift, "turns_per_s": float(rng.choice([-1, 1]) * rng.uniform(0.55, 0.85))}
     if cls.motion == "bounce":
-        return {"hz": rng.uniform(1.0, 1.5), "amplitude": rng.uniform(0.22, 0.3) * height, "phase": rng.uniform(0, 1)}
-    return {"hz": rng.uniform(1.6, 2.4), "phase": rng.uniform(0, 2 * math.pi)}  # flicker
+        return {**drift, "hz": rng.uniform(1.0, 1.5), "amplitude": rng.uniform(0.14, 0.16), "phase": rng.uniform(0, 1)}
+    return {**drift, "hz": rng.uniform(1.6, 2.4), "phase": rng.uniform(0, 2 * math.pi)}  # flicker
+
+
+def drift_offset(motion: dict, t: float) -> tuple[float, float]:
+    """The scene's displacement (x, y) in frame heights at time `t` s: a point on the clip's drift circle."""
+    angle = motion["drift_phase"] + motion["drift_direction"] * 2 * math.pi * t / motion["drift_period"]
+    return motion["drift_radius"] * math.cos(angle), motion["drift_radius"] * math.sin(angle)
 
 
 def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
@@ -123,26 +151,21 @@ def _render(cls: EmbeddedClass, scene: dict, motion: dict, num_frames: int, fps:
                       for a, kx, ky, sin_p, cos_p in waves)
         return dark + (light - dark) * (0.5 + 0.5 * texture)[..., None]
 
-    static = None if cls.motion == "drift" else background(0.0, 0.0)
-    duration, radius = num_frames / fps, scene["radius"]
+    radius = scene["radius"]
     reach = 1.25 * radius + 2  # the object lies within this distance of its centre
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     for index in range(num_frames):
         t = index / fps
-        cx, cy = scene["centre"]
+        ox, oy = (height * offset for offset in drift_offset(motion, t))  # the slow drift moves everything
+        image = background(ox, oy)
+        cx, cy = scene["centre"][0] + ox, scene["centre"][1] + oy
         angle, brightness = scene["angle"], 1.0
-        if cls.motion == "drift":  # pan everything, centred so the object passes the middle mid-video
-            ox, oy = (t - duration / 2) * motion["velocity"][0], (t - duration / 2) * motion["velocity"][1]
-            image = background(ox, oy)
-            cx, cy = cx + ox, cy + oy
-        else:
-            image = static.copy()
         if cls.motion == "spin":
             angle += 2 * math.pi * motion["turns_per_s"] * t
-        elif cls.motion == "bounce":
-            cy -= motion["amplitude"] * abs(math.sin(math.pi * (motion["hz"] * t + motion["phase"])))
-        elif cls.motion == "flicker":
-            brightness = 0.3 + 0.7 * (0.5 + 0.5 * math.cos(2 * math.pi * motion["hz"] * t + motion["phase"]))
+        elif cls.motion == "bounce":  # hops up and lands, centred on the scene's place
+            cy -= height * motion["amplitude"] * (abs(math.sin(math.pi * (motion["hz"] * t + motion["phase"]))) - 0.5)
+        else:  # flicker
+            brightness = 0.45 + 0.55 * (0.5 + 0.5 * math.cos(2 * math.pi * motion["hz"] * t + motion["phase"]))
 
         # Draw the object inside its bounding box only.
         y0, y1 = max(0, int(cy - reach)), min(height, int(cy + reach) + 1)
@@ -153,13 +176,13 @@ def _render(cls: EmbeddedClass, scene: dict, motion: dict, num_frames: int, fps:
             ly = -math.sin(angle) * dx + math.cos(angle) * dy
             alpha = np.clip(0.5 - _signed_distance(cls.shape, lx, ly, radius), 0, 1)[..., None]
             colour = (scene["colour"] * brightness).astype(np.float32)
-            period = radius / 2.5
+            period = radius / 1.5  # coarse enough to survive a 32x32 resize
             if cls.shape == "stripes":
                 pattern = 0.5 + 0.5 * np.tanh(3 * np.sin(2 * math.pi * lx / period))
-                colour = colour * (0.35 + 0.65 * pattern[..., None])
+                colour = colour * (0.5 + 0.5 * pattern[..., None])
             elif cls.shape == "checker":
                 pattern = 0.5 + 0.5 * np.tanh(3 * np.sin(1.5 * math.pi * lx / period) * np.sin(1.5 * math.pi * ly / period))
-                colour = colour * (0.35 + 0.65 * pattern[..., None])
+                colour = colour * (0.5 + 0.5 * pattern[..., None])
             box = image[y0:y1, x0:x1]
             image[y0:y1, x0:x1] = box + alpha * (colour - box)
         if grain:
@@ -232,7 +255,7 @@ def make_embedded_dataset(
     seed: int = 0,
     num_groups: int = 6,
     clips_per_group: int = 3,
-    num_frames: int = 70,
+    num_frames: int = 210,
     fps: float = 25.0,
     width: int = 160,
     height: int = 120,
@@ -251,7 +274,7 @@ def make_embedded_dataset(
             so a subset of classes or groups gives the same videos as the full set.
         num_groups: groups gXX per class (>= 3: split k tests on the k-th third of them, trains on the rest).
         clips_per_group: clips cYY per group.
-        num_frames, fps, width, height: per video (default 2.8 s of 160x120 at 25 fps, like UCF-101 in small).
+        num_frames, fps, width, height: per video (default 8.4 s of 160x120 at 25 fps, like UCF-101 in small).
         classes: subset of the class names in `CLASSES` (default all ten).
         grain: standard deviation of per-pixel noise (0-255 scale), for benchmarks that want camera-like data.
         overwrite: replace an existing data set in `output_dir`.
@@ -270,14 +293,18 @@ def make_embedded_dataset(
     class_index = {cls.name: number for number, cls in enumerate(CLASSES)}  # stable seeds for any subset
     test_groups = np.array_split(np.arange(1, num_groups + 1), len(SPLITS))
     entries = []  # (relative path, label 1-based, group)
+    factors = {}  # relative path -> the video's content, fast motion and motion parameters
     for label, name in enumerate(names, start=1):
         cls = by_name[name]
         for group in range(1, num_groups + 1):
             scene = _scene(np.random.default_rng([seed, class_index[name], group]), cls, height, width)
             for clip in range(1, clips_per_group + 1):
                 rng = np.random.default_rng([seed, class_index[name], group, clip])
-                frames = _render(cls, scene, _motion(rng, cls, height), num_frames, fps, height, width, grain, rng)
+                motion = _motion(rng, cls)
+                frames = _render(cls, scene, motion, num_frames, fps, height, width, grain, rng)
                 relative = f"{name}/v_{name}_g{group:02d}_c{clip:02d}.avi"
+                factors[relative] = {"content": cls.content, "fast_motion": cls.motion,
+                                     **{key: float(value) for key, value in motion.items()}}
                 subset = "test" if group in test_groups[0] else "train"
                 write_video((videos_dir if layout == "ucf101" else subset_dirs[subset]) / relative, frames, fps)
                 entries.append((relative, label, group))
@@ -294,7 +321,11 @@ def make_embedded_dataset(
         "fps": fps, "width": width, "height": height, "grain": grain,
         "test_groups": {str(split): groups.tolist() for split, groups in zip(SPLITS, test_groups)},
         "classes": [{"name": name, "caption": class_to_caption(name), "colour": by_name[name].colour,
-                     "shape": by_name[name].shape, "motion": by_name[name].motion} for name in names],
+                     "shape": by_name[name].shape, "motion": by_name[name].motion, "content": by_name[name].content}
+                    for name in names],
+        # Per video: drift_* give the slow drift (`drift_offset`), the rest the fast motion; lengths in frame
+        # heights, times in seconds.
+        "videos": factors,
     }
     (root / "embedded_dataset.json").write_text(json.dumps(description, indent=2))
     return root
@@ -307,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-groups", type=int, default=6, help="groups gXX per class (>= 3)")
     parser.add_argument("--clips-per-group", type=int, default=3, help="clips cYY per group")
-    parser.add_argument("--num-frames", type=int, default=70, help="frames per video")
+    parser.add_argument("--num-frames", type=int, default=210, help="frames per video (default: 8.4 s at 25 fps)")
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--height", type=int, default=120)

@@ -1,0 +1,103 @@
+"""What does the quickstart autoencoder need for its two latents to decouple? Train a few configurations on the
+embedded set and read each with `vidtwin-gen eval-decoupling` (see vidtwin_gen/evaluation/decoupling.py).
+
+    vidtwin-gen make-dataset --output-dir data/embedded
+    python benchmarks/study_decoupling.py --data-root data/embedded --output-dir runs/study_decoupling
+    python benchmarks/study_decoupling.py ... --configs structure_2q --steps 200     # one config, a smoke run
+
+Every configuration starts from train_configs/vae/quickstart.yaml and overrides a few keys. A configuration
+whose run folder already holds a trained model is evaluated again without training, so an interrupted study
+resumes. Each run is a separate `vidtwin-gen train-vae` process, one at a time (run the study alone: its wall
+times are only comparable when nothing else shares the CPU). Prints a Markdown table and writes
+OUT/study.json.
+
+The levers (VIDTWIN.md sections 2-4): the structure path's temporal capacity is its number of Q-Former queries
+n_q, the frames its decoder interpolates between (16 frames at 8 fps are 2 s: 2 queries cannot follow a 1 Hz
+motion, 8 can); the dynamics path keeps every frame but averages space away, with d_D channels per frame and
+row/column (`dynamics_down_blocks` 0 keeps the full 4x4 grid's rows and columns, 1 halves them); KL weight.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vidtwin_gen.evaluation.decoupling import decoupling_for_vae  # noqa: E402
+from vidtwin_gen.models.autoencoder_vidtwin import AutoencoderVidTwin  # noqa: E402
+
+BASE_CONFIG = ROOT / "train_configs" / "vae" / "quickstart.yaml"
+
+# name -> (what it changes, train-vae overrides)
+CONFIGS = {
+    "quickstart_8q": ("train_configs/vae/quickstart.yaml as of this study: n_q 8, d_S 4, d_D 4, dynamics down 1", []),
+    "structure_2q": ("n_q 2 (structure cannot follow fast motion), d_D 8, dynamics down 0 (4 rows + 4 columns)",
+                     ["--model.num_queries", "2", "--model.dynamics_channels", "8", "--model.dynamics_down_blocks", "0"]),
+    "structure_4q": ("n_q 4, d_D 8, dynamics down 0",
+                     ["--model.num_queries", "4", "--model.dynamics_channels", "8", "--model.dynamics_down_blocks", "0"]),
+    "structure_2q_kl1e-2": ("structure_2q with KL weight 1e-2 (both parts squeezed harder)",
+                            ["--model.num_queries", "2", "--model.dynamics_channels", "8", "--model.dynamics_down_blocks",
+                             "0", "--kl_weight", "1e-2"]),
+}
+
+
+def train(name: str, overrides: list[str], data_root: str, out: Path, steps: int, seed: int) -> float | None:
+    """Train one configuration into out/name unless it is there already; its wall time in seconds (None: reused)."""
+    if (out / name / "vae" / "config.json").exists():
+        return None
+    command = [sys.executable, "-m", "vidtwin_gen.cli", "train-vae", "--config", str(BASE_CONFIG), "--data_root",
+               data_root, "--output_dir", str(out / name), "--max_train_steps", str(steps), "--seed", str(seed),
+               "--resume_from_checkpoint", "latest", *overrides]
+    start = time.monotonic()
+    subprocess.run(command, check=True, cwd=ROOT)
+    return round(time.monotonic() - start, 1)
+
+
+def table(results: dict) -> str:
+    rows = ["| configuration | steps | train wall (s) | PSNR (dB) | C: A's content | C: A's drift | C: B's fast motion "
+            "| C: all three | structure-only: A's content / drift / fast | dynamics-only: B's fast motion |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        pct = lambda row, key: f"{100 * result['report']['rows'][row][key]:.0f}%"  # noqa: E731
+        rows.append(f"| {name}: {result['changes']} | {result['steps']} | {result['train_seconds'] or 'reused'} | "
+                    f"{result['report']['psnr']:.2f} | {pct('reenactment', 'content_A')} | {pct('reenactment', 'drift_A')} | "
+                    f"{pct('reenactment', 'fast_B')} | {pct('reenactment', 'goal')} | {pct('structure', 'content_A')} / "
+                    f"{pct('structure', 'drift_A')} / {pct('structure', 'fast_A')} | {pct('dynamics', 'fast_B')} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", required=True, help="an embedded data set (vidtwin-gen make-dataset)")
+    parser.add_argument("--output-dir", default="runs/study_decoupling")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=2000, help="max_train_steps of every configuration")
+    parser.add_argument("--num-pairs", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "study.json"
+    results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for name in args.configs:
+        changes, overrides = CONFIGS[name]
+        seconds = train(name, overrides, args.data_root, out, args.steps, args.seed)
+        vae = AutoencoderVidTwin.from_pretrained(out / name / "vae")
+        report = decoupling_for_vae(vae, args.data_root, num_pairs=args.num_pairs, seed=args.seed,
+                                    sheet=out / name / "decoupling.png")
+        previous = results.get(name, {})
+        results[name] = {"changes": changes, "overrides": overrides, "steps": args.steps if seconds else previous.get("steps", args.steps),
+                         "train_seconds": seconds if seconds is not None else previous.get("train_seconds"),
+                         "latent_size": vae.latent_size, "report": report}
+        summary_path.write_text(json.dumps(results, indent=2) + "\n")
+        print(table({name: results[name]}), flush=True)
+    print(table({name: results[name] for name in args.configs}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

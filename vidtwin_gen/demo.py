@@ -6,8 +6,9 @@ Stages (each skipped when its output already exists, so a rerun resumes where th
 
     data      the embedded data set in UCF-101 layout                         OUT/data
     vae       train a small autoencoder (train_configs/vae/quickstart.yaml)   OUT/vae       (run: OUT/runs/vae)
-    latents   encode the training split once                                  OUT/latents
-    dit       train a small class-conditional DiT (dit/quickstart_class.yaml) OUT/pipeline  (run: OUT/runs/dit)
+    latents   encode the training split once, 4 consecutive chunks per video  OUT/latents
+    dit       train a small class-conditional DiT that continues chunks        OUT/pipeline  (run: OUT/runs/dit)
+              (dit/quickstart_class_long.yaml)
     samples   a video per class (mp4 + gif) and a contact sheet               OUT/samples, OUT/samples.png
     decouple  originals A and B | reconstruction | structure only | dynamics only | structure A + dynamics B,
               with frame differences and the measured decoupling (eval-decoupling's read-out over many pairs)
@@ -45,6 +46,9 @@ from .training import train_dit, train_vae
 from .training.checkpointing import replace_directory
 
 FPS = 8.0
+# The generator continues chunks (long videos); its cache holds each embedded video's 4 consecutive 16-frame chunks.
+DIT_CONFIG = "dit/quickstart_class_long.yaml"
+CHUNKS_PER_VIDEO = 4
 
 
 def config_path(name: str) -> str:
@@ -73,7 +77,7 @@ def contact_sheet(rows: list[np.ndarray], labels: list[str], scale: int = 3) -> 
 
 def sampling_settings() -> dict:
     """The quickstart DiT config's sampling steps and guidance: the demo samples as its training validated."""
-    config = yaml.safe_load(Path(config_path("dit/quickstart_class.yaml")).read_text())
+    config = yaml.safe_load(Path(config_path(DIT_CONFIG)).read_text())
     return {"num_inference_steps": config["num_inference_steps"], "guidance_scale": config["guidance_scale"]}
 
 
@@ -95,7 +99,7 @@ def train_autoencoder(out: Path, data: Path, args) -> None:
 
 def train_generator(out: Path, args) -> None:
     steps = ["--max_train_steps", str(args.dit_steps)] if args.dit_steps else []
-    train_dit.main(["--config", config_path("dit/quickstart_class.yaml"), "--vae", str(out / "vae"),
+    train_dit.main(["--config", config_path(DIT_CONFIG), "--vae", str(out / "vae"),
                     "--latent_cache", str(out / "latents"), "--seed", str(args.seed),
                     "--output_dir", str(out / "runs" / "dit"), "--resume_from_checkpoint", "latest", *steps])
     replace_directory(out / "runs" / "dit" / "pipeline", out / "pipeline")
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, help="override max_train_steps of train_configs/vae/quickstart.yaml")
-    parser.add_argument("--dit-steps", type=int, help="override max_train_steps of train_configs/dit/quickstart_class.yaml")
+    parser.add_argument("--dit-steps", type=int, help=f"override max_train_steps of train_configs/{DIT_CONFIG}")
     parser.add_argument("--samples-per-class", type=int, default=6,
                         help="samples of each class for class accuracy and FVD (default: %(default)s)")
     parser.add_argument("--probe-videos-per-class", type=int, default=3,
@@ -191,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     stage("vae", (out / "vae" / "config.json").exists(), lambda: train_autoencoder(out, data, args))
     latents_manifest = out / "latents" / "manifest.json"
     stage("latents", latents_manifest.exists() and json.loads(latents_manifest.read_text()).get("complete", False),
-          lambda: encode_dataset(out / "vae", data, out / "latents", clips_per_video=3, target_fps=FPS))
+          lambda: encode_dataset(out / "vae", data, out / "latents", chunks_per_clip=CHUNKS_PER_VIDEO,
+                                 target_fps=FPS))
     stage("dit", (out / "pipeline" / "model_index.json").exists(), lambda: train_generator(out, args))
 
     pipe = VidTwinPipeline.from_pretrained(out / "pipeline")

@@ -1,7 +1,7 @@
 """`vidtwin-gen generate | interpolate | reconstruct | reenact`: sampling and the decoupled controls.
 
-    vidtwin-gen generate --pipeline runs/demo/pipeline --class-label RedSquareDrift --num-videos 4 --output-dir out
-    vidtwin-gen generate --pipeline DIR --class-label BlueDiskSpin --keep-structure-of clip.avi --output-dir out
+    vidtwin-gen generate --pipeline runs/demo/pipeline --class-label RedSquareBounce --num-videos 4 --output-dir out
+    vidtwin-gen generate --pipeline DIR --class-label GreenTriangleSpin --keep-structure-of clip.avi --output-dir out
     vidtwin-gen interpolate --pipeline DIR --videos a.avi b.avi --part dynamics --num-points 5 --output-dir out
     vidtwin-gen reconstruct --vae DIR --video clip.avi --output-dir out
     vidtwin-gen reenact --vae DIR --structure-video a.avi --dynamics-video b.avi --output-dir out

@@ -37,10 +37,20 @@ CONFIGS = {
     "quickstart_8q": ("train_configs/vae/quickstart.yaml as of this study: n_q 8, d_S 4, d_D 4, dynamics down 1", []),
     "structure_2q": ("n_q 2 (structure cannot follow fast motion), d_D 8, dynamics down 0 (4 rows + 4 columns)",
                      ["--model.num_queries", "2", "--model.dynamics_channels", "8", "--model.dynamics_down_blocks", "0"]),
-    "structure_4q": ("n_q 4, d_D 8, dynamics down 0",
-                     ["--model.num_queries", "4", "--model.dynamics_channels", "8", "--model.dynamics_down_blocks", "0"]),
     "structure_2q_kl1e-2": ("structure_2q with KL weight 1e-2 (both parts squeezed harder)",
                             ["--model.num_queries", "2", "--model.dynamics_channels", "8", "--model.dynamics_down_blocks",
+                             "0", "--kl_weight", "1e-2"]),
+    # structure_2q* put the colour in the dynamics (its row/column profiles paint it back): fewer dynamics
+    # channels leave room for what only they can carry (the fast motion), so the static colour has to move.
+    "structure_2q_dD2_kl1e-2": ("n_q 2, d_D 2, dynamics down 0, KL weight 1e-2",
+                                ["--model.num_queries", "2", "--model.dynamics_channels", "2", "--model.dynamics_down_blocks",
+                                 "0", "--kl_weight", "1e-2"]),
+    # The quickstart's structure with structure_2q's wider dynamics: does capacity alone draw the fast motion?
+    "dynamics_wide_8q": ("n_q 8 (as the quickstart), d_D 8, dynamics down 0",
+                         ["--model.dynamics_channels", "8", "--model.dynamics_down_blocks", "0"]),
+    # Between the quickstart's 8 queries (everything in the structure) and 2 (the object in the dynamics).
+    "structure_4q_kl1e-2": ("n_q 4, d_D 8, dynamics down 0, KL weight 1e-2",
+                            ["--model.num_queries", "4", "--model.dynamics_channels", "8", "--model.dynamics_down_blocks",
                              "0", "--kl_weight", "1e-2"]),
 }
 

@@ -1,6 +1,6 @@
 """Generate videos with a trained pipeline through diffusers' DiffusionPipeline.
 
-    python examples/generate.py --pipeline runs/demo/pipeline --classes RedSquareSpin BlueCircleDrift
+    python examples/generate.py --pipeline runs/demo/pipeline --classes RedSquareSpin BlueCircleFlicker
 """
 
 import argparse

@@ -1,12 +1,12 @@
 """`vidtwin-gen generate | interpolate | reconstruct | reenact`: sampling and the decoupled controls.
 
-    vidtwin-gen generate --pipeline runs/demo/pipeline --class-label RedSquareDrift --num-videos 4 --output-dir out
-    vidtwin-gen generate --pipeline DIR --class-label BlueDiskSpin --keep-structure-of clip.avi --output-dir out
-    vidtwin-gen generate --pipeline DIR --class-label RedSquareDrift --num-frames 64 --output-dir out
-    vidtwin-gen generate --pipeline DIR --class-label RedSquareDrift --continue clip.avi --num-frames 64 --output-dir out
-    vidtwin-gen generate --pipeline DIR --chunk-class-labels RedSquareDrift RedSquareDrift BlueDiskSpin BlueDiskSpin \
-        --num-frames 64 --output-dir out
-    vidtwin-gen generate --pipeline DIR --class-label BlueDiskSpin --num-frames 64 --keep-structure-of clip.avi \
+    vidtwin-gen generate --pipeline runs/demo/pipeline --class-label RedSquareBounce --num-videos 4 --output-dir out
+    vidtwin-gen generate --pipeline DIR --class-label GreenTriangleSpin --keep-structure-of clip.avi --output-dir out
+    vidtwin-gen generate --pipeline DIR --class-label RedSquareBounce --num-frames 64 --output-dir out
+    vidtwin-gen generate --pipeline DIR --class-label RedSquareBounce --continue clip.avi --num-frames 64 --output-dir out
+    vidtwin-gen generate --pipeline DIR --chunk-class-labels RedSquareBounce RedSquareBounce GreenTriangleSpin \
+        GreenTriangleSpin --num-frames 64 --output-dir out
+    vidtwin-gen generate --pipeline DIR --class-label GreenTriangleSpin --num-frames 64 --keep-structure-of clip.avi \
         --kept-per-chunk --output-dir out
     vidtwin-gen interpolate --pipeline DIR --videos a.avi b.avi --part dynamics --num-points 5 --output-dir out
     vidtwin-gen reconstruct --vae DIR --video clip.avi --output-dir out

@@ -52,6 +52,11 @@ CONFIGS = {
     "structure_4q_kl1e-2": ("n_q 4, d_D 8, dynamics down 0, KL weight 1e-2",
                             ["--model.num_queries", "4", "--model.dynamics_channels", "8", "--model.dynamics_down_blocks",
                              "0", "--kl_weight", "1e-2"]),
+    # dynamics_wide_8q moves the whole object into the wide dynamics; a dearer dynamics KL should leave there only
+    # what the structure's 8 queries cannot carry cheaply (the fast, per-frame motion), the static object in it.
+    "dynamics_wide_8q_dynkl100": ("dynamics_wide_8q with the dynamics' KL weighted 100x (0.1)",
+                                  ["--model.dynamics_channels", "8", "--model.dynamics_down_blocks", "0",
+                                   "--dynamics_kl_scale", "100"]),
 }
 
 

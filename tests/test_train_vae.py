@@ -200,3 +200,27 @@ def test_an_optimizer_in_the_training_state_comes_back_whole(tmp_path):
         (parameter - 2.0).square().backward()
         opt.step()
     assert torch.equal(logvar, restored)
+
+
+def test_dynamics_kl_scale_weights_the_dynamics_kl_alone(embedded_root, tmp_path):
+    """A per-part KL weight: scaling the dynamics' KL changes training (2 steps, no GAN), and only through it."""
+    args = dict(max_train_steps=2, disc_start=100, use_ema=False, checkpointing_steps=100)
+    trained = {}
+    for scale in (1.0, 1e4):
+        assert main(arguments(embedded_root, tmp_path / str(scale), dynamics_kl_scale=scale, **args)) == 0
+        trained[scale] = weights(tmp_path / str(scale) / "vae")
+    changed = {key for key in trained[1.0] if not torch.equal(trained[1.0][key], trained[1e4][key])}
+    assert any(key.startswith("dynamics") or "dynamics" in key for key in changed)
+    with pytest.raises(ValueError, match="dynamics_kl_scale must be >= 0"):
+        main(arguments(embedded_root, tmp_path / "negative", dynamics_kl_scale=-1, **args))
+
+
+def test_dynamics_kl_is_the_dynamics_part_of_the_joint_kl():
+    from vidtwin_gen.training.train_vae import dynamics_kl
+
+    torch.manual_seed(0)
+    vae = AutoencoderVidTwin.from_preset("tiny", sample_size=32, num_frames=8, patch_size=8)
+    encoded = vae.encode(torch.rand(2, 3, 8, 32, 32) * 2 - 1)
+    num_structure = int(torch.tensor(vae.structure_latent_shape).prod())
+    torch.testing.assert_close(dynamics_kl(encoded.latent_dist, num_structure), encoded.dynamics_dist.kl())
+    torch.testing.assert_close(encoded.latent_dist.kl(), encoded.structure_dist.kl() + encoded.dynamics_dist.kl())

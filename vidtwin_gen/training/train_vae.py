@@ -30,6 +30,7 @@ FSDP (accelerate's FSDP2, `--config_file train_configs/accelerate/fsdp.yaml`), t
   Checked on 2 CPU processes against DDP (GAN and EMA on) and for kill-and-resume: tests/test_distributed_fsdp_vae.py.
 """
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,9 @@ class TrainVAEConfig(RunConfig):
     gradient_checkpointing: bool = False
     # objective
     kl_weight: float = 1e-3
+    dynamics_kl_scale: float = field(default=1.0, metadata={
+        "help": "the dynamics latent's KL counts this many times (KL weight per part: kl_weight for the structure, "
+                "kl_weight x dynamics_kl_scale for the dynamics); 1 is the original's single KL"})
     perceptual_weight: float = 0.05
     lpips_vgg_path: str | None = field(default=None, metadata={"help": "torchvision vgg16 state dict (.pth/.safetensors)"})
     lpips_lin_path: str | None = field(default=None, metadata={"help": "LPIPS vgg.pth linear layers"})
@@ -104,6 +108,8 @@ def build_vae(config: TrainVAEConfig) -> AutoencoderVidTwin:
 
 
 def build_loss(config: TrainVAEConfig) -> VidTwinLoss:
+    if not config.dynamics_kl_scale >= 0:
+        raise ValueError(f"dynamics_kl_scale must be >= 0 (1: one KL weight for both parts), got {config.dynamics_kl_scale}")
     return VidTwinLoss(
         disc_start=config.disc_start, kl_weight=config.kl_weight, perceptual_weight=config.perceptual_weight,
         disc_weight=config.disc_weight, lpips_vgg_path=config.lpips_vgg_path, lpips_lin_path=config.lpips_lin_path,
@@ -214,6 +220,12 @@ def discriminator_step(accelerator, loss_fn: VidTwinLoss, discriminator, optimiz
     return logs
 
 
+def dynamics_kl(joint, num_structure: int) -> torch.Tensor:
+    """(B,) KL of the dynamics part of a packed joint posterior (B, N): its entries after the first `num_structure`."""
+    mean, var, logvar = (x[:, num_structure:] for x in (joint.mean, joint.var, joint.logvar))
+    return 0.5 * torch.sum(mean.pow(2) + var - 1.0 - logvar, dim=1)
+
+
 def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_optimization: tuple,
                discriminator_optimization: tuple, video: torch.Tensor, step: int, config: TrainVAEConfig) -> dict:
     """One micro-batch `video` (B, 3, T, H, W) in [-1, 1] at optimizer step `step`: the autoencoder's update (and the
@@ -223,7 +235,11 @@ def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_
     with accelerator.accumulate(vae, discriminator):
         with accelerator.autocast():
             output = vae(video, sample_posterior=True)  # through the wrapper, so DDP syncs gradients
-            loss, logs = loss_fn.generator_loss(video, output.sample, output.latent_dist.kl(), step,
+            kl = output.latent_dist.kl()  # (B,): the structure's and the dynamics' KL summed
+            if config.dynamics_kl_scale != 1.0:
+                num_structure = math.prod(accelerator.unwrap_model(vae).structure_latent_shape)
+                kl = kl + (config.dynamics_kl_scale - 1.0) * dynamics_kl(output.latent_dist, num_structure)
+            loss, logs = loss_fn.generator_loss(video, output.sample, kl, step,
                                                 decoder_last_weight(accelerator.unwrap_model(vae)))
         check_finite(loss, accelerator, step, config.output_dir)
         accelerator.backward(loss)

@@ -89,18 +89,22 @@ def test_bad_settings_are_named(vae_and_cache, tmp_path):
 def test_killed_run_resumes_to_the_same_weights(vae_and_cache, tmp_path):
     vae, cache = vae_and_cache
     args = dict(latent_cache=cache, max_train_steps=30, train_batch_size=2, dataloader_num_workers=1)
-    assert main(arguments(vae, tmp_path / "reference", **args)) == 0
+    reference, resumed = uninterrupted_and_resumed(vae, tmp_path, args)
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
 
+
+def uninterrupted_and_resumed(vae, tmp_path, args: dict) -> tuple[dict, dict]:
+    """The transformer weights of an uninterrupted run, and of the same run SIGKILLed after its first checkpoint and
+    resumed."""
+    assert main(arguments(vae, tmp_path / "reference", **args)) == 0
     out = tmp_path / "killed"
     kill_when_written([sys.executable, "-m", "vidtwin_gen.training.train_dit", *arguments(vae, out, **args)],
                       out / "checkpoint-2")
     assert not (out / "pipeline").exists(), "the run finished before it could be killed"
-
     assert main(arguments(vae, out, resume_from_checkpoint="latest", **args)) == 0
-    reference = VidTwinTransformer3DModel.from_pretrained(tmp_path / "reference" / "pipeline" / "transformer").state_dict()
-    resumed = VidTwinTransformer3DModel.from_pretrained(out / "pipeline" / "transformer").state_dict()
-    for key in reference:
-        assert torch.equal(reference[key], resumed[key]), key
+    return tuple(VidTwinTransformer3DModel.from_pretrained(folder / "pipeline" / "transformer").state_dict()
+                 for folder in (tmp_path / "reference", out))
 
 
 def test_samples_reach_tensorboard_and_the_gradient_norm_is_logged(vae_and_cache, tmp_path):

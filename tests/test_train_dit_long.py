@@ -1,13 +1,13 @@
 """train_dit with context chunks (long videos): samples (chunk k, chunks before it) from a multi-chunk cache,
 context dropout, clear errors for the wrong cache, the long configs, and kill-and-resume equality."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import kill_when_written
+from test_train_dit import arguments as single_chunk_arguments
+from test_train_dit import uninterrupted_and_resumed
 
 from vidtwin_gen import AutoencoderVidTwin, VidTwinPipeline, VidTwinTransformer3DModel
 from vidtwin_gen.data import encode_dataset, load_latent_cache
@@ -31,13 +31,11 @@ def vae_and_caches(embedded_root, tmp_path_factory):
     return root / "vae", root / "chunks", root / "single"
 
 
+LONG_MODEL = "{preset: tiny, num_context_chunks: 2}"
+
+
 def arguments(vae: Path, output_dir: Path, **overrides) -> list[str]:
-    options = {
-        "vae": vae, "model": "{preset: tiny, num_context_chunks: 2}", "train_batch_size": 4, "max_train_steps": 4,
-        "learning_rate": 1e-3, "lr_warmup_steps": 1, "checkpointing_steps": 2, "validation_steps": 100,
-        "num_inference_steps": 2, "dataloader_num_workers": 0, "report_to": "none", "output_dir": output_dir, **overrides,
-    }
-    return [item for key, value in options.items() for item in (f"--{key}", str(value))]
+    return single_chunk_arguments(vae, output_dir, **{"model": LONG_MODEL, **overrides})
 
 
 def test_a_long_run_trains_on_context_and_exports_a_pipeline(vae_and_caches, tmp_path, monkeypatch):
@@ -119,17 +117,8 @@ def test_long_configs_are_their_single_chunk_configs_with_context(name):
 def test_killed_long_run_resumes_to_the_same_weights(vae_and_caches, tmp_path):
     vae, chunks, _ = vae_and_caches
     args = dict(latent_cache=chunks, max_train_steps=30, train_batch_size=2, dataloader_num_workers=1,
-                context_dropout_prob=0.3)
-    assert main(arguments(vae, tmp_path / "reference", **args)) == 0
-
-    out = tmp_path / "killed"
-    kill_when_written([sys.executable, "-m", "vidtwin_gen.training.train_dit", *arguments(vae, out, **args)],
-                      out / "checkpoint-2")
-    assert not (out / "pipeline").exists(), "the run finished before it could be killed"
-
-    assert main(arguments(vae, out, resume_from_checkpoint="latest", **args)) == 0
-    reference = VidTwinTransformer3DModel.from_pretrained(tmp_path / "reference" / "pipeline" / "transformer").state_dict()
-    resumed = VidTwinTransformer3DModel.from_pretrained(out / "pipeline" / "transformer").state_dict()
+                context_dropout_prob=0.3, model=LONG_MODEL)
+    reference, resumed = uninterrupted_and_resumed(vae, tmp_path, args)
     assert "context_chunk_embed" in reference
     for key in reference:
         assert torch.equal(reference[key], resumed[key]), key

@@ -7,20 +7,9 @@ import torch
 
 from helpers import perturb_
 
+from test_transformer_vidtwin import TEXT_DIM, latents, tiny
+
 from vidtwin_gen.models.transformer_vidtwin import VidTwinTransformer3DModel
-
-TEXT_DIM = 24
-
-
-def tiny(**overrides) -> VidTwinTransformer3DModel:
-    return VidTwinTransformer3DModel.from_preset("tiny", **overrides)
-
-
-def latents(model: VidTwinTransformer3DModel, batch_size: int, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    structure = torch.randn(batch_size, *model.structure_shape, generator=generator)
-    dynamics = torch.randn(batch_size, *model.dynamics_shape, generator=generator)
-    return structure, dynamics
 
 
 def context(model: VidTwinTransformer3DModel, batch_size: int, k: int, seed: int = 5):

@@ -57,6 +57,9 @@ CONFIGS = {
     "dynamics_wide_8q_dynkl100": ("dynamics_wide_8q with the dynamics' KL weighted 100x (0.1)",
                                   ["--model.dynamics_channels", "8", "--model.dynamics_down_blocks", "0",
                                    "--dynamics_kl_scale", "100"]),
+    "dynamics_wide_8q_dynkl20": ("dynamics_wide_8q with the dynamics' KL weighted 20x (0.02)",
+                                 ["--model.dynamics_channels", "8", "--model.dynamics_down_blocks", "0",
+                                  "--dynamics_kl_scale", "20"]),
 }
 
 

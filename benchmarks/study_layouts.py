@@ -10,8 +10,9 @@ same sequence (a dropped context is masked, not removed, so it costs the same). 
 config's own: its max_train_steps x its layout's tokens per sample. Each layout's pipeline then makes
 `--samples-per-class` first chunks (no context) of every class, as the demo's metrics do; reported: their class
 accuracy under a probe fitted on the autoencoder's reconstructions of real train clips and under one fitted on
-the real clips (the demo's probes: `--probe-videos-per-class` videos per class), FVD against the held-out clips
-with a bootstrap interval, training wall time (meaningful only on an idle machine).
+the real clips (the demo's probes: `--probe-videos-per-class` videos per class; `3,all` adds a second pair fitted
+on every video, whose figures go under `probes_all`), FVD against the first set's held-out clips with a bootstrap
+interval, training wall time (meaningful only on an idle machine).
 
     vidtwin-gen demo --output-dir runs/demo          # the autoencoder, latents and data this study reuses
     python benchmarks/study_layouts.py --demo-dir runs/demo --layouts 1x1x1/1x1,1x2x2/2x1,2x2x2/2x2
@@ -59,6 +60,15 @@ def probes_and_real_features(demo: Path, i3d, vae, videos_per_class: int | None)
     save_generator_probes(probes, folder)
     (folder / "real_test.json").write_text(json.dumps(real.tolist()))
     return probes, real.tolist()
+
+
+def accuracy_row(probes: dict, generated: np.ndarray, labels: list[int], names: list[str]) -> dict:
+    """Sample class accuracy under both probes of a pair, the probes' own test accuracy, per class vs reconstructions."""
+    accuracy = sample_class_accuracies(probes, generated, labels, names)
+    return {"accuracy_vs_reconstruction": accuracy["reconstruction"]["accuracy"],
+            "accuracy_vs_real": accuracy["real"]["accuracy"],
+            "probe_test_accuracy": {kind: probe.metadata["test_accuracy"] for kind, probe in probes.items()},
+            "per_class_vs_reconstruction": {k: v["accuracy"] for k, v in accuracy["reconstruction"]["per_class"].items()}}
 
 
 def tokens_per_sample(model: dict, vae: AutoencoderVidTwin) -> tuple[int, int]:
@@ -118,14 +128,16 @@ def main() -> None:
                         help="comma-separated VIDTWIN_TOKEN_LAYOUTS names; 'config' is the config's own layout")
     parser.add_argument("--budget", type=float,
                         help="token-steps per layout (default: the config's max_train_steps x its tokens per sample; for "
-                        "quickstart_class_long, 450 x 384 = 172,800: 1,350 steps of 1x2x2/2x1's 128, 2,700 of 2x2x2/2x2's 64)")
+                        "quickstart_class_long, 1,800 x 64 = 115,200: 300 steps of 1x1x1/1x1's 384, 900 of 1x2x2/2x1's 128; the "
+                        "layout study of its comment used 172,800, its former 450 steps of 1x1x1/1x1)")
     parser.add_argument("--steps", type=int, help="train every layout this many steps instead of an equal budget")
     parser.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="a train-dit override for every run (repeatable; model.KEY for the model)")
     parser.add_argument("--tag", default="", help="suffix of the run folders (needed when --train-arg changes the runs)")
     parser.add_argument("--samples-per-class", type=int, default=6)
-    parser.add_argument("--probe-videos-per-class", type=int, default=3,
-                        help="train and test videos per class for the probes and FVD's real set (the demo's default)")
+    parser.add_argument("--probe-videos-per-class", default="3",
+                        help="train and test videos per class for the probes and FVD's real set (the demo's default: "
+                        "%(default)s); a comma-separated list (e.g. 3,all) also scores the samples under each further pair")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="results JSON (default: DEMO_DIR/study/results[_TAG].json); rows are appended")
     parser.add_argument("--guidance-scale", type=float, help="sampling override (default: the config's)")
@@ -140,7 +152,9 @@ def main() -> None:
     budget = args.budget or overrides.get("max_train_steps", config["max_train_steps"]) * tokens_per_sample(
         model_config(config, None, overrides), vae)[1]
     i3d = load_i3d()
-    probes, real = probes_and_real_features(demo, i3d, vae, args.probe_videos_per_class)
+    probe_sizes = [None if size.strip() == "all" else int(size) for size in args.probe_videos_per_class.split(",")]
+    probe_sets = [probes_and_real_features(demo, i3d, vae, size) for size in probe_sizes]
+    probes, real = probe_sets[0]
     real = np.asarray(real)
     output = Path(args.output or demo / "study" / f"results{'_' + args.tag if args.tag else ''}.json")
     rows = json.loads(output.read_text()) if output.exists() else []
@@ -158,24 +172,25 @@ def main() -> None:
         generated = extract_features(pipeline_clips(pipe, labels, 8, config["num_inference_steps"], config["guidance_scale"],
                                                     args.seed + 1000), i3d, desc=f"I3D {layout}")
         sample_seconds = round(time.monotonic() - start, 1)
-        accuracy = sample_class_accuracies(probes, generated, labels, names)
         fvd = fvd_bootstrap(real, generated, seed=args.seed)
+        others = {f"probes_{size or 'all'}": accuracy_row(more, generated, labels, names)
+                  for size, (more, _) in zip(probe_sizes[1:], probe_sets[1:])}
         rows.append({"layout": model.get("layout", layout), "tag": args.tag, "train_args": overrides,
                      "tokens_per_chunk": chunk_tokens, "tokens_per_sample": tokens, "budget_token_steps": budget,
                      "steps": steps, "train_seconds": train_seconds, "sample_and_i3d_seconds": sample_seconds,
                      "guidance_scale": config["guidance_scale"], "num_inference_steps": config["num_inference_steps"],
                      "samples_per_class": args.samples_per_class,
-                     "accuracy_vs_reconstruction": accuracy["reconstruction"]["accuracy"],
-                     "accuracy_vs_real": accuracy["real"]["accuracy"],
-                     "probe_test_accuracy": {kind: probe.metadata["test_accuracy"] for kind, probe in probes.items()},
-                     "fvd": fvd,
-                     "per_class_vs_reconstruction": {k: v["accuracy"] for k, v in accuracy["reconstruction"]["per_class"].items()}})
+                     **accuracy_row(probes, generated, labels, names), "fvd": fvd, **others})
         print(f"{rows[-1]['layout']:10s} {args.tag:10s} {tokens:4d} tokens/sample {steps:5d} steps "
               f"{train_seconds or float('nan'):6.0f} s  acc vs recon {rows[-1]['accuracy_vs_reconstruction']:.1%}  "
-              f"vs real {rows[-1]['accuracy_vs_real']:.1%}  {format_fvd_interval(fvd)}", flush=True)
+              f"vs real {rows[-1]['accuracy_vs_real']:.1%}  {format_fvd_interval(fvd)}"
+              + "".join(f"  [{key}: vs recon {row['accuracy_vs_reconstruction']:.1%}, vs real {row['accuracy_vs_real']:.1%}]"
+                        for key, row in others.items()), flush=True)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(rows, indent=2) + "\n")
-    print("probe test accuracy: " + ", ".join(f"{k} {p.metadata['test_accuracy']:.1%}" for k, p in probes.items()))
+    for size, (more, _) in zip(probe_sizes, probe_sets):
+        print(f"probe test accuracy ({size or 'all'} videos per class): "
+              + ", ".join(f"{k} {p.metadata['test_accuracy']:.1%}" for k, p in more.items()))
 
 
 if __name__ == "__main__":

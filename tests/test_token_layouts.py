@@ -41,3 +41,41 @@ def test_layout_errors_name_the_fix():
         VidTwinTransformer3DModel.from_preset("tiny", layout="2x2x2/2x2", structure_patch_size=(1, 1, 1))
     tiny = VidTwinTransformer3DModel.from_preset("tiny", layout="2x2x2/2x2")
     assert tiny.config.structure_patch_size == (2, 2, 2)  # a layout is a preset's overrides, nothing more
+
+
+@pytest.fixture(scope="module")
+def study():
+    """benchmarks/study_layouts.py as a module (its equal-compute bookkeeping; a whole study takes the demo's outputs)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "study_layouts", Path(__file__).resolve().parents[1] / "benchmarks" / "study_layouts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_budget_counts_context_tokens(study):
+    from vidtwin_gen import AutoencoderVidTwin
+
+    vae = AutoencoderVidTwin.from_preset("tiny")
+    config = {"model": {"preset": "tiny", "hidden_size": 32, "num_layers": 1, "num_attention_heads": 2,
+                        "structure_patch_size": [1, 1, 1], "num_context_chunks": 1}}
+    fine = study.model_config(config, "1x1x1/1x1", {})
+    assert "structure_patch_size" not in fine and fine["layout"] == "1x1x1/1x1"
+    coarse = study.model_config(config, "2x2x2/2x2", {"model.num_layers": 2, "learning_rate": 2e-3})
+    assert coarse["num_layers"] == 2 and "learning_rate" not in coarse
+    chunk, sample = study.tokens_per_sample(fine, vae)
+    assert sample == 2 * chunk  # the context chunk is part of the sequence a step pays for
+    coarse_chunk, coarse_sample = study.tokens_per_sample(coarse, vae)
+    assert coarse_chunk < chunk and coarse_sample == 2 * coarse_chunk
+    single = study.model_config({"model": {**config["model"], "num_context_chunks": 0}}, "1x1x1/1x1", {})
+    assert study.tokens_per_sample(single, vae) == (chunk, chunk)
+
+
+def test_study_train_args_parse_and_name_the_fix(study):
+    assert study.parse_train_args(["learning_rate=0.002", "model.num_layers=4", "use_ema=false"]) == {
+        "learning_rate": 0.002, "model.num_layers": 4, "use_ema": False}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        study.parse_train_args(["learning_rate"])

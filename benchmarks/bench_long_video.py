@@ -72,6 +72,29 @@ def seam_statistics(frames: np.ndarray, chunk_frames: int) -> dict:
             "inside_sum": float(steps[:, ~at_seam].sum()), "inside_count": int((~at_seam).sum() * len(frames))}
 
 
+def seam_ratio(statistics: dict) -> dict:
+    """Mean seam and inside-chunk |diff| of `seam_statistics` sums, and their ratio."""
+    seam = statistics["seam_sum"] / max(statistics["seam_count"], 1)
+    inside = statistics["inside_sum"] / max(statistics["inside_count"], 1)
+    return {"seam_mean_abs_diff": seam, "inside_mean_abs_diff": inside, "seam_ratio": seam / inside if inside else None}
+
+
+@torch.no_grad()
+def reference_seams(videos: list[torch.Tensor], vae, chunk_frames: int) -> dict:
+    """The seam measure on the real clips (no seams: what steady motion gives) and on their reconstructions with
+    each T-frame chunk encoded and decoded on its own (the best a chunk-by-chunk generator can look like through
+    this autoencoder). `videos`: (3, N, H, W) in [-1, 1], N a multiple of `chunk_frames`."""
+    to_frames = lambda clip: ((clip.permute(1, 2, 3, 0) + 1) / 2).float().numpy()  # noqa: E731  (N, H, W, 3)
+    real = np.stack([to_frames(video) for video in videos])
+    reconstructed = []
+    for video in videos:
+        chunks = video.unflatten(1, (-1, chunk_frames)).transpose(0, 1).to(vae.device, vae.dtype)  # (K, 3, T, H, W)
+        decoded = vae.decode(vae.encode(chunks).latent_dist.mode()).sample.clamp(-1, 1).cpu()
+        reconstructed.append(to_frames(decoded.transpose(0, 1).flatten(1, 2)))
+    return {"real clips": seam_ratio(seam_statistics(real, chunk_frames)),
+            "reconstructions chunk by chunk": seam_ratio(seam_statistics(np.stack(reconstructed), chunk_frames))}
+
+
 def generate_and_measure(pipe, labels: list[int], context_chunks, i3d, args, sampling: dict) -> dict:
     """Videos for `labels`, measured batch by batch (never all in memory): seam statistics, I3D features of each
     chunk, of the whole videos and of their first 16 frames."""
@@ -99,8 +122,8 @@ def generate_and_measure(pipe, labels: list[int], context_chunks, i3d, args, sam
             "seconds": time.monotonic() - start_time}
 
 
-def real_features(data_root, vae, i3d, args) -> tuple[np.ndarray, np.ndarray, dict]:
-    """I3D features of the held-out split's centre clips of `--num-frames` frames, whole and first 16 frames."""
+def real_features(data_root, vae, i3d, args) -> tuple[np.ndarray, np.ndarray, dict, list[torch.Tensor]]:
+    """I3D features of the held-out split's centre clips of `--num-frames` frames, whole and first 16 frames; the clips."""
     _, _, height, width = vae.sample_shape
     clips = UCF101Clips(data_root, 1, "test", args.num_frames, (height, width), args.fps, train=False)
     items = [item for item in (clips[i] for i in range(len(clips))) if item is not None]
@@ -110,18 +133,16 @@ def real_features(data_root, vae, i3d, args) -> tuple[np.ndarray, np.ndarray, di
     protocol = {"split": "1/test", "clips": len(videos), "skipped": len(clips) - len(items), "padded": padded,
                 "frames": args.num_frames, "size": [height, width], "fps": args.fps}
     return (extract_features(iter(videos), i3d, num_frames=args.num_frames, desc="real clips"),
-            extract_features(iter(videos), i3d, num_frames=FVD_SHORT_FRAMES, desc="real first 16 frames"), protocol)
+            extract_features(iter(videos), i3d, num_frames=FVD_SHORT_FRAMES, desc="real first 16 frames"), protocol,
+            videos)
 
 
 def summarise(measured: dict, probes: dict, labels: list[int], class_names: list[str], real: tuple, seed: int) -> dict:
-    seam = measured["seam_sum"] / max(measured["seam_count"], 1)
-    inside = measured["inside_sum"] / max(measured["inside_count"], 1)
     accuracy = [{kind: report["accuracy"] for kind, report in
                  sample_class_accuracies(probes, features, labels, class_names).items()}
                 for features in measured["chunk_features"]]
     return {
-        "seam_mean_abs_diff": seam, "inside_mean_abs_diff": inside, "seam_ratio": seam / inside if inside else None,
-        "num_seams": measured["seam_count"], "class_accuracy_per_chunk": accuracy,
+        **seam_ratio(measured), "num_seams": measured["seam_count"], "class_accuracy_per_chunk": accuracy,
         "fvd_long": fvd_bootstrap(real[0], measured["long_features"], seed=seed),
         "fvd_16": fvd_bootstrap(real[1], measured["short_features"], seed=seed),
         "generation_seconds": round(measured["seconds"], 1),
@@ -163,7 +184,9 @@ def main(argv=None) -> int:
     i3d = load_i3d(device=args.device)
     probes, _, _ = generator_probes(args.data_root, i3d, pipe.vae, num_frames=chunk_frames, fps=args.fps,
                                     videos_per_class=args.probe_videos_per_class)
-    real_long, real_short, real_protocol = real_features(args.data_root, pipe.vae, i3d, args)
+    real_long, real_short, real_protocol, real_videos = real_features(args.data_root, pipe.vae, i3d, args)
+    whole_chunks = args.num_frames // chunk_frames * chunk_frames
+    references = reference_seams([video[:, :whole_chunks] for video in real_videos], pipe.vae, chunk_frames)
     sampling = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
     results = {}
     for name, context_chunks in VARIANTS.items():
@@ -182,12 +205,15 @@ def main(argv=None) -> int:
     }
     print(f"protocol: {json.dumps(protocol)}")
     print(format_table(results, args.num_frames))
+    for name, reference in references.items():
+        print(f"reference, {name}: seam |diff| / inside |diff| {reference['seam_ratio']:.2f}x "
+              f"({reference['seam_mean_abs_diff']:.4f} / {reference['inside_mean_abs_diff']:.4f})")
     for name, result in results.items():
         print(f"{name}: FVD {args.num_frames} frames: {format_fvd_interval(result['fvd_long'])}")
     if args.json:
         path = Path(args.json)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"protocol": protocol, "results": results}, indent=2) + "\n")
+        tmp.write_text(json.dumps({"protocol": protocol, "results": results, "references": references}, indent=2) + "\n")
         os.replace(tmp, path)  # never a half-written report
     return 0
 

@@ -33,6 +33,18 @@ def test_seams_are_the_steps_across_chunk_boundaries(bench):
     assert stats["seam_sum"] == pytest.approx(2 * (0.5 + 0.6)) and stats["inside_sum"] == pytest.approx(2 * 0.1)
 
 
+def test_reference_seams_of_steady_motion_and_of_chunkwise_reconstructions(bench):
+    # A clip that brightens by the same step every frame has no seams: ratio 1. Its chunk-by-chunk reconstruction
+    # through a (random) autoencoder gets a finite ratio of its own.
+    torch.manual_seed(0)
+    vae = AutoencoderVidTwin.from_preset("tiny").eval()  # 8-frame chunks of 32x32
+    ramp = torch.linspace(-0.8, 0.8, 16)[None, :, None, None].expand(3, 16, 32, 32)
+    references = bench.reference_seams([ramp, ramp.flip(1)], vae, chunk_frames=8)
+    assert references["real clips"]["seam_ratio"] == pytest.approx(1.0)
+    reconstructed = references["reconstructions chunk by chunk"]
+    assert np.isfinite(reconstructed["seam_ratio"]) and reconstructed["seam_mean_abs_diff"] > 0
+
+
 @pytest.mark.slow
 def test_a_tiny_run_prints_and_writes_both_variants(bench, make_embedded, tmp_path, capsys):
     # I3D needs >= 9 frames per clip: a tiny VAE of 16 frames, a context model of one chunk, 2 chunks per video.
@@ -41,7 +53,7 @@ def test_a_tiny_run_prints_and_writes_both_variants(bench, make_embedded, tmp_pa
     transformer = perturb_(VidTwinTransformer3DModel.from_preset(
         "tiny", num_classes=3, num_context_chunks=1, dynamics_latent_shape=vae.dynamics_latent_shape))
     pipe = VidTwinPipeline(vae=vae, transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(),
-                           id2label={0: "RedSquareDrift", 1: "RedSquareSpin", 2: "BlueCircleBounce"})
+                           id2label={0: "RedSquareBounce", 1: "RedSquareSpin", 2: "BlueCircleBounce"})
     pipe.save_pretrained(tmp_path / "pipe")
     data = make_embedded(num_frames=100, num_groups=3, clips_per_group=1)  # 33 frames at 8 fps: 2 chunks
     output = tmp_path / "long.json"
@@ -62,3 +74,5 @@ def test_a_tiny_run_prints_and_writes_both_variants(bench, make_embedded, tmp_pa
     # Same seeds, no context in the first chunk: chunk 1 is the same video in both variants.
     assert context["class_accuracy_per_chunk"][0] == independent["class_accuracy_per_chunk"][0]
     assert context["fvd_long"]["fvd"] != independent["fvd_long"]["fvd"]
+    assert set(report["references"]) == {"real clips", "reconstructions chunk by chunk"}
+    assert "reference, reconstructions chunk by chunk: seam" in printed

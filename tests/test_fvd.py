@@ -229,7 +229,7 @@ def test_eval_fvd_cli_pipeline(tmp_path, capsys, embedded_root):
         "tiny", dynamics_latent_shape=vae.dynamics_latent_shape, num_classes=3
     )
     VidTwinPipeline(vae=vae, transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
-                    id2label={0: "RedSquareDrift", 1: "RedSquareSpin", 2: "BlueCircleBounce"}).save_pretrained(tmp_path / "pipe")
+                    id2label={0: "RedSquareBounce", 1: "RedSquareSpin", 2: "BlueCircleBounce"}).save_pretrained(tmp_path / "pipe")
     args = ["--data-root", str(embedded_root), "--subset", "test", "--pipeline", str(tmp_path / "pipe"),
             "--num-samples", "3", "--num-inference-steps", "2", "--no-cache", "--output", str(tmp_path / "fvd.json"),
             "--class-probes", str(tmp_path / "probes")]

@@ -1,6 +1,7 @@
 """Helpers shared by several test files (imported as `helpers`: pytest puts tests/ on sys.path)."""
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -33,3 +34,11 @@ def kill_when_written(command: list[str], path: Path, timeout: float = 300, env:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py imported as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,26 +1,19 @@
 """benchmarks/bench_long_video.py: its seam measure, and a whole run at tiny size (random pipeline, tiny data)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from helpers import perturb_
+from helpers import load_benchmark, perturb_
 
 from vidtwin_gen import AutoencoderVidTwin, VidTwinPipeline, VidTwinTransformer3DModel
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_long_video.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_long_video", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_long_video")
 
 
 def test_seams_are_the_steps_across_chunk_boundaries(bench):

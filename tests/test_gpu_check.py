@@ -1,22 +1,17 @@
 """benchmarks/gpu_check.py: its CPU-testable parts (dry run at tiny size, FLOP counting, arguments, no-GPU exit, the
 FSDP worker under FSDP2 forced on 2 CPU processes)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def test_flops_of_a_training_step_are_counted(gpu_check):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import load_benchmark
 
 from vidtwin_gen.models.transformer_vidtwin import VIDTWIN_TOKEN_LAYOUTS, VidTwinTransformer3DModel
 
@@ -46,14 +47,7 @@ def test_layout_errors_name_the_fix():
 @pytest.fixture(scope="module")
 def study():
     """benchmarks/study_layouts.py as a module (its equal-compute bookkeeping; a whole study takes the demo's outputs)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "study_layouts", Path(__file__).resolve().parents[1] / "benchmarks" / "study_layouts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("study_layouts")
 
 
 def test_study_budget_counts_context_tokens(study):

@@ -52,8 +52,7 @@ def main() -> None:
     settings = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
 
     clips = test.videos[picks]
-    with torch.no_grad():
-        structure, _ = pipe.vae.unpack_latents(pipe.encode_video(clips))
+    structure, _ = pipe.vae.unpack_latents(pipe.encode_video(clips))
     generators = [torch.Generator().manual_seed(i) for i in range(len(picks))]
     held = pipe(class_labels=targets, structure_latents=structure, generator=generators, output_type="pt", **settings).frames
     generators = [torch.Generator().manual_seed(i) for i in range(len(picks))]

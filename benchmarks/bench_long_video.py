@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from vidtwin_gen import VidTwinPipeline
+from vidtwin_gen.data.export import decoded_to_frames
 from vidtwin_gen.data.ucf101 import UCF101Clips
 from vidtwin_gen.evaluation.class_probe import generator_probes, sample_class_accuracies
 from vidtwin_gen.evaluation.fvd import extract_features, format_fvd_interval, fvd_bootstrap
@@ -84,13 +85,12 @@ def reference_seams(videos: list[torch.Tensor], vae, chunk_frames: int) -> dict:
     """The seam measure on the real clips (no seams: what steady motion gives) and on their reconstructions with
     each T-frame chunk encoded and decoded on its own (the best a chunk-by-chunk generator can look like through
     this autoencoder). `videos`: (3, N, H, W) in [-1, 1], N a multiple of `chunk_frames`."""
-    to_frames = lambda clip: ((clip.permute(1, 2, 3, 0) + 1) / 2).float().numpy()  # noqa: E731  (N, H, W, 3)
-    real = np.stack([to_frames(video) for video in videos])
+    real = decoded_to_frames(torch.stack(videos))  # (B, N, H, W, 3) in [0, 1]
     reconstructed = []
     for video in videos:
         chunks = video.unflatten(1, (-1, chunk_frames)).transpose(0, 1).to(vae.device, vae.dtype)  # (K, 3, T, H, W)
         decoded = vae.decode(vae.encode(chunks).latent_dist.mode()).sample.clamp(-1, 1).cpu()
-        reconstructed.append(to_frames(decoded.transpose(0, 1).flatten(1, 2)))
+        reconstructed.append(decoded_to_frames(decoded.transpose(0, 1).flatten(1, 2)[None])[0])
     return {"real clips": seam_ratio(seam_statistics(real, chunk_frames)),
             "reconstructions chunk by chunk": seam_ratio(seam_statistics(np.stack(reconstructed), chunk_frames))}
 

@@ -7,7 +7,9 @@ seeded with seed + i in both, and prints side by side:
 
 1. chunk seams: the mean absolute difference (pixels in [0, 1]) between the last frame of a chunk and the first
    of the next, against the mean difference between consecutive frames inside chunks, and their ratio (goal for
-   the context model: <= 1.5);
+   the context model: <= 1.5), in the pipeline's output (seams blended, `seam_blend_frames`) with the largest mean
+   step near a seam (a blend must not just move the jump), and for the same latents with every chunk decoded on
+   its own; beside them the same measures on real clips and on their chunk-by-chunk reconstructions;
 2. per-chunk sample class accuracy: each chunk's T frames through I3D and the two linear probes of
    `vidtwin_gen.evaluation.class_probe.generator_probes` (fitted on real train clips and on the autoencoder's
    reconstructions of them, T-frame clips at the VAE's size and `--fps`, as the demo's metrics), chunk 1 against
@@ -43,6 +45,7 @@ from vidtwin_gen.evaluation.i3d import load_i3d
 
 FVD_SHORT_FRAMES = 16
 VARIANTS = {"context": None, "independent chunks": 0}  # name -> context_chunks
+NEAR_SEAM = 4  # steps on each side of a seam whose largest mean |diff| is reported
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,52 +67,76 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def seam_statistics(frames: np.ndarray, chunk_frames: int) -> dict:
+def seam_statistics(frames: np.ndarray, chunk_frames: int, reach: int = NEAR_SEAM) -> dict:
     """Sums and counts of mean |frame difference| over (B, N, H, W, 3) videos: across chunk seams (frame kT-1 to
-    kT) and between consecutive frames inside chunks."""
+    kT), between consecutive frames inside chunks, and per step around a seam (the `reach` steps on each side,
+    the seam's own included: a blend that only moved the jump would show there)."""
     steps = np.abs(np.diff(frames.astype(np.float64), axis=1)).mean(axis=(2, 3, 4))  # (B, N - 1): i -> i + 1
-    at_seam = (np.arange(1, frames.shape[1]) % chunk_frames) == 0
+    ends = np.arange(1, frames.shape[1])  # the frame each step ends at
+    at_seam = ends % chunk_frames == 0
+    position = (ends + reach - 1) % chunk_frames  # 0 .. 2 reach - 1 near a seam: offsets -(reach - 1) .. reach
+    seam = ends - position + reach - 1
+    near = (position < 2 * reach) & (seam >= chunk_frames) & (seam < frames.shape[1])
     return {"seam_sum": float(steps[:, at_seam].sum()), "seam_count": int(at_seam.sum() * len(frames)),
-            "inside_sum": float(steps[:, ~at_seam].sum()), "inside_count": int((~at_seam).sum() * len(frames))}
+            "inside_sum": float(steps[:, ~at_seam].sum()), "inside_count": int((~at_seam).sum() * len(frames)),
+            "near_sums": [float(steps[:, near & (position == j)].sum()) for j in range(2 * reach)],
+            "near_counts": [int((near & (position == j)).sum() * len(frames)) for j in range(2 * reach)]}
+
+
+def add_statistics(total: dict | None, more: dict) -> dict:
+    """`seam_statistics` of two sets of videos together."""
+    if total is None:
+        return more
+    return {key: [a + b for a, b in zip(value, more[key])] if isinstance(value, list) else value + more[key]
+            for key, value in total.items()}
 
 
 def seam_ratio(statistics: dict) -> dict:
-    """Mean seam and inside-chunk |diff| of `seam_statistics` sums, and their ratio."""
+    """Mean seam and inside-chunk |diff| of `seam_statistics` sums, their ratio, and the largest mean step near a
+    seam over the inside-chunk mean."""
     seam = statistics["seam_sum"] / max(statistics["seam_count"], 1)
     inside = statistics["inside_sum"] / max(statistics["inside_count"], 1)
-    return {"seam_mean_abs_diff": seam, "inside_mean_abs_diff": inside, "seam_ratio": seam / inside if inside else None}
+    near = [total / count for total, count in zip(statistics["near_sums"], statistics["near_counts"]) if count]
+    return {"seam_mean_abs_diff": seam, "inside_mean_abs_diff": inside, "seam_ratio": seam / inside if inside else None,
+            "near_seam_max_ratio": max(near) / inside if inside and near else None}
 
 
 @torch.no_grad()
-def reference_seams(videos: list[torch.Tensor], vae, chunk_frames: int) -> dict:
-    """The seam measure on the real clips (no seams: what steady motion gives) and on their reconstructions with
-    each T-frame chunk encoded and decoded on its own (the best a chunk-by-chunk generator can look like through
-    this autoencoder). `videos`: (3, N, H, W) in [-1, 1], N a multiple of `chunk_frames`."""
+def reference_seams(videos: list[torch.Tensor], vae, chunk_frames: int, blend_num_frames: int) -> dict:
+    """The seam measure on the real clips (no seams: what steady motion gives) and on their reconstructions chunk
+    by chunk, each chunk decoded on its own and with the seams blended as the pipeline blends them (what a
+    chunk-by-chunk generator can look like through this autoencoder). `videos`: (3, N, H, W) in [-1, 1], N a
+    multiple of `chunk_frames`."""
     real = decoded_to_frames(torch.stack(videos))  # (B, N, H, W, 3) in [0, 1]
-    reconstructed = []
-    for video in videos:
-        chunks = video.unflatten(1, (-1, chunk_frames)).transpose(0, 1).to(vae.device, vae.dtype)  # (K, 3, T, H, W)
-        decoded = vae.decode(vae.encode(chunks).latent_dist.mode()).sample.clamp(-1, 1).cpu()
-        reconstructed.append(decoded_to_frames(decoded.transpose(0, 1).flatten(1, 2)[None])[0])
-    return {"real clips": seam_ratio(seam_statistics(real, chunk_frames)),
-            "reconstructions chunk by chunk": seam_ratio(seam_statistics(np.stack(reconstructed), chunk_frames))}
+    vae.enable_tiling()
+    latents = [vae.encode(video[None].to(vae.device, vae.dtype)).latent_dist.mode() for video in videos]
+    vae.disable_tiling()
+    references = {"real clips": seam_ratio(seam_statistics(real, chunk_frames))}
+    for name, blend in (("reconstructions, chunks decoded on their own", 0),
+                        (f"reconstructions, seams blended ({blend_num_frames} frames a side)", blend_num_frames)):
+        decoded = torch.cat([vae.decode(z, blend_num_frames=blend).sample.clamp(-1, 1).cpu() for z in latents])
+        references[name] = seam_ratio(seam_statistics(decoded_to_frames(decoded), chunk_frames))
+    return references
 
 
 def generate_and_measure(pipe, labels: list[int], context_chunks, i3d, args, sampling: dict) -> dict:
-    """Videos for `labels`, measured batch by batch (never all in memory): seam statistics, I3D features of each
-    chunk, of the whole videos and of their first 16 frames."""
+    """Videos for `labels`, measured batch by batch (never all in memory): seam statistics of the pipeline's output
+    (seams blended) and of the same latents with every chunk decoded on its own; I3D features of the output's
+    chunks, of the whole videos and of their first 16 frames."""
     chunk_frames = pipe.vae.sample_shape[1]
     num_chunks = -(-args.num_frames // chunk_frames)
-    totals = {"seam_sum": 0.0, "seam_count": 0, "inside_sum": 0.0, "inside_count": 0}
+    seams = {"blended": None, "unblended": None}
     chunk_features, long_features, short_features = [[] for _ in range(num_chunks)], [], []
     start_time = time.monotonic()
     for start in range(0, len(labels), args.batch_size):
         batch = labels[start : start + args.batch_size]
         generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(len(batch))]
-        frames = pipe(class_labels=batch, num_frames=args.num_frames, context_chunks=context_chunks,
-                      generator=generators, **sampling).frames  # (B, N, H, W, 3) in [0, 1]
-        for key, value in seam_statistics(frames, chunk_frames).items():
-            totals[key] += value
+        latents = pipe(class_labels=batch, num_frames=args.num_frames, context_chunks=context_chunks,
+                       generator=generators, output_type="latent", **sampling).frames
+        frames = pipe.decode_latents(latents, num_frames=args.num_frames)  # what output_type="np" gives
+        unblended = pipe.decode_latents(latents, num_frames=args.num_frames, seam_blend_frames=0)
+        for name, video in (("blended", frames), ("unblended", unblended)):
+            seams[name] = add_statistics(seams[name], seam_statistics(video, chunk_frames))
         clips = torch.from_numpy(frames).permute(0, 4, 1, 2, 3) * 2 - 1  # (B, 3, N, H, W) in [-1, 1]
         for k in range(num_chunks):
             chunk = clips[:, :, k * chunk_frames : (k + 1) * chunk_frames]
@@ -117,7 +144,7 @@ def generate_and_measure(pipe, labels: list[int], context_chunks, i3d, args, sam
                 chunk_features[k].append(extract_features(chunk, i3d, num_frames=chunk_frames, desc=f"chunk {k + 1}"))
         long_features.append(extract_features(clips, i3d, num_frames=args.num_frames, desc="whole videos"))
         short_features.append(extract_features(clips, i3d, num_frames=FVD_SHORT_FRAMES, desc="first 16 frames"))
-    return {**totals, "chunk_features": [np.concatenate(f) for f in chunk_features if f],
+    return {"seams": seams, "chunk_features": [np.concatenate(f) for f in chunk_features if f],
             "long_features": np.concatenate(long_features), "short_features": np.concatenate(short_features),
             "seconds": time.monotonic() - start_time}
 
@@ -141,8 +168,10 @@ def summarise(measured: dict, probes: dict, labels: list[int], class_names: list
     accuracy = [{kind: report["accuracy"] for kind, report in
                  sample_class_accuracies(probes, features, labels, class_names).items()}
                 for features in measured["chunk_features"]]
+    seams = measured["seams"]
     return {
-        **seam_ratio(measured), "num_seams": measured["seam_count"], "class_accuracy_per_chunk": accuracy,
+        **seam_ratio(seams["blended"]), "num_seams": seams["blended"]["seam_count"],
+        "chunks_decoded_on_their_own": seam_ratio(seams["unblended"]), "class_accuracy_per_chunk": accuracy,
         "fvd_long": fvd_bootstrap(real[0], measured["long_features"], seed=seed),
         "fvd_16": fvd_bootstrap(real[1], measured["short_features"], seed=seed),
         "generation_seconds": round(measured["seconds"], 1),
@@ -153,9 +182,13 @@ def format_table(results: dict, num_frames: int) -> str:
     names = list(results)
     rows = [("", names)]
     cell = lambda fmt, key: [fmt(results[n][key]) for n in names]  # noqa: E731
-    rows.append(("seam |diff| / inside |diff| (goal <= 1.5)", cell(lambda v: f"{v:.2f}x" if v is not None else "-", "seam_ratio")))
+    ratio = lambda v: f"{v:.2f}x" if v is not None else "-"  # noqa: E731
+    rows.append(("seam |diff| / inside |diff| (goal <= 1.5)", cell(ratio, "seam_ratio")))
     rows.append(("  seam mean |diff|", cell(lambda v: f"{v:.4f}", "seam_mean_abs_diff")))
     rows.append(("  inside-chunk mean |diff|", cell(lambda v: f"{v:.4f}", "inside_mean_abs_diff")))
+    rows.append((f"  largest step within {NEAR_SEAM} of a seam / inside", cell(ratio, "near_seam_max_ratio")))
+    rows.append(("seam ratio, chunks decoded on their own",
+                 [ratio(results[n]["chunks_decoded_on_their_own"]["seam_ratio"]) for n in names]))
     chunks = len(results[names[0]]["class_accuracy_per_chunk"])
     last = min(4, chunks)
     for kind in results[names[0]]["class_accuracy_per_chunk"][0]:
@@ -186,7 +219,8 @@ def main(argv=None) -> int:
                                     videos_per_class=args.probe_videos_per_class)
     real_long, real_short, real_protocol, real_videos = real_features(args.data_root, pipe.vae, i3d, args)
     whole_chunks = args.num_frames // chunk_frames * chunk_frames
-    references = reference_seams([video[:, :whole_chunks] for video in real_videos], pipe.vae, chunk_frames)
+    references = reference_seams([video[:, :whole_chunks] for video in real_videos], pipe.vae, chunk_frames,
+                                 pipe.default_seam_blend_frames)
     sampling = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
     results = {}
     for name, context_chunks in VARIANTS.items():
@@ -207,7 +241,8 @@ def main(argv=None) -> int:
     print(format_table(results, args.num_frames))
     for name, reference in references.items():
         print(f"reference, {name}: seam |diff| / inside |diff| {reference['seam_ratio']:.2f}x "
-              f"({reference['seam_mean_abs_diff']:.4f} / {reference['inside_mean_abs_diff']:.4f})")
+              f"({reference['seam_mean_abs_diff']:.4f} / {reference['inside_mean_abs_diff']:.4f}), largest step "
+              f"near a seam {reference['near_seam_max_ratio']:.2f}x")
     for name, result in results.items():
         print(f"{name}: FVD {args.num_frames} frames: {format_fvd_interval(result['fvd_long'])}")
     if args.json:

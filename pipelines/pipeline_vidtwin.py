@@ -446,16 +446,36 @@ class VidTwinPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def decode_latents(
-        self, latents: torch.Tensor, output_type: str = "np", part: str | None = None, num_frames: int | None = None
+        self, latents: torch.Tensor, output_type: str = "np", part: str | None = None, num_frames: int | None = None,
+        seam_blend_frames: int | None = None,
     ):
         """Packed normalised latents (B, N), e.g. `pipe(..., output_type="latent").frames`, -> frames in
         `output_type`; `part` decodes one part alone.
 
-        `num_frames` trims a tiled decode to the length of the clip that was encoded.
+        `num_frames` trims a tiled decode to the length of the clip that was encoded. Latents of K > 1 chunks
+        (B, K*N) have their seams blended over `seam_blend_frames` frames (see `__call__`; None: T/4 for full
+        decodes, 0 for one part), so they decode to the frames `__call__` gives.
         """
+        seam_blend_frames = 0 if part is not None and seam_blend_frames is None else self._check_seam_blend_frames(
+            seam_blend_frames)
         latents = self.denormalize_latents(latents.to(self._execution_device).float()).to(self.vae.dtype)
-        video = self.vae.decode(latents, part=part, num_frames=num_frames).sample.float()
-        return self.video_processor.postprocess_video(video, output_type=output_type)
+        video = self.vae.decode(latents, part=part, num_frames=num_frames, blend_num_frames=seam_blend_frames).sample
+        return self.video_processor.postprocess_video(video.float(), output_type=output_type)
+
+    @property
+    def default_seam_blend_frames(self) -> int:
+        """Frames blended on each side of a seam when `seam_blend_frames` is None: a quarter of a chunk."""
+        return self.vae.sample_shape[1] // 4
+
+    def _check_seam_blend_frames(self, seam_blend_frames: int | None) -> int:
+        """The frames to blend on each side of a seam: 0 to T/2 (None: `default_seam_blend_frames`)."""
+        half = self.vae.sample_shape[1] // 2
+        if seam_blend_frames is None:
+            return self.default_seam_blend_frames
+        if _count("seam_blend_frames", seam_blend_frames, minimum=0) > half:
+            raise ValueError(f"seam_blend_frames must be at most {half} (half of a {2 * half}-frame chunk), "
+                             f"got {seam_blend_frames}; 0 turns blending off")
+        return int(seam_blend_frames)
 
     def prepare_latents(
         self, batch_size: int, generator, latents: torch.Tensor | None, device: torch.device
@@ -683,13 +703,25 @@ class VidTwinPipeline(DiffusionPipeline):
                                        embeds["negative_prompt_embeds"], embeds["negative_prompt_attention_mask"],
                                        num_videos_per_prompt, device)
 
-    def _chunk_output(self, latents: torch.Tensor, output_type: str, num_chunks: int):
-        """A finished chunk as it is kept until the end: decoded at once (on the CPU when there are several
-        chunks), so that only the context latents stay on the device."""
+    def _add_chunk_output(self, outputs: list, pending, latents: torch.Tensor, output_type: str, num_chunks: int,
+                          seam_blend_frames: int):
+        """Keep a finished chunk until the end: decoded at once (on the CPU when there are several chunks), so
+        that only the context latents and one decoded chunk stay on the device. The decoded chunk waits as
+        `pending` (returned) until the next one blends the seam between them (`vae.blend_seam`); `latents=None`
+        flushes it."""
         if output_type == "latent":
-            return latents if num_chunks == 1 else latents.cpu()
-        frames = self.decode_latents(latents, output_type)
-        return frames.cpu() if num_chunks > 1 and torch.is_tensor(frames) else frames
+            if latents is not None:
+                outputs.append(latents if num_chunks == 1 else latents.cpu())
+            return None
+        video = None
+        if latents is not None:
+            video = self.vae.decode(self.denormalize_latents(latents.float()).to(self.vae.dtype)).sample
+            if pending is not None and seam_blend_frames:
+                pending, video = self.vae.blend_seam(pending, video, seam_blend_frames)
+        if pending is not None:
+            frames = self.video_processor.postprocess_video(pending.float(), output_type=output_type)
+            outputs.append(frames.cpu() if num_chunks > 1 and torch.is_tensor(frames) else frames)
+        return video
 
     def _join_chunk_outputs(self, outputs: list, output_type: str, num_frames: int):
         """The chunks' outputs joined along time and trimmed to `num_frames` (latents: (B, K*N), not trimmed)."""
@@ -826,6 +858,7 @@ class VidTwinPipeline(DiffusionPipeline):
         context_chunks: int | None = None,
         chunk_class_labels: list | None = None,
         chunk_prompts: list | None = None,
+        seam_blend_frames: int | None = None,
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
@@ -870,6 +903,11 @@ class VidTwinPipeline(DiffusionPipeline):
                 takes, with the same number of videos in every chunk: switches class at chunk boundaries. Instead
                 of `class_labels`.
             chunk_prompts: one prompt (or list of prompts) per chunk, instead of `prompt`; needs the text encoder.
+            seam_blend_frames: frames blended on each side of every seam between generated chunks (0 to T/2; None:
+                T/4). Decoded chunk by chunk, each chunk's reconstruction error is its own, so frames jump at a seam;
+                the T frames around it are re-encoded and decoded as one chunk and crossfaded in
+                (`vae.blend_seam`). 0 decodes every chunk on its own. The seam between a `video` and the first new
+                chunk is not blended (the output does not hold the given frames).
             output_type: "np", "pil", "pt" or "latent". "latent" gives the packed latents the denoiser produced, in
                 its normalised space: (B, N) for one chunk, (B, K*N) for K chunks laid out as a tiled encode (not
                 trimmed to `num_frames`; `pipe.decode_latents(latents, num_frames=num_frames)` turns them into
@@ -892,6 +930,7 @@ class VidTwinPipeline(DiffusionPipeline):
         num_frames = chunk_frames if num_frames is None else _count("num_frames", num_frames)
         num_chunks = -(-num_frames // chunk_frames)
         context_chunks = self._check_context_chunks(context_chunks, num_chunks, num_frames, video)
+        seam_blend_frames = self._check_seam_blend_frames(seam_blend_frames)
         schedule = self._condition_schedule(num_chunks, class_labels, prompt, chunk_class_labels, chunk_prompts,
                                             prompt_embeds)
         self.check_inputs(schedule[0][0], schedule[0][1], negative_prompt, prompt_embeds, negative_prompt_embeds,
@@ -915,7 +954,7 @@ class VidTwinPipeline(DiffusionPipeline):
         history = deque(self._video_context(video, context_chunks, batch_size), maxlen=max(context_chunks, 1))
 
         # 4. Chunk after chunk: denoise, keep its clean latents as the next chunks' context, decode it at once.
-        outputs = []
+        outputs, pending = [], None
         with self.progress_bar(total=num_chunks * num_inference_steps) as progress_bar:
             for chunk in range(num_chunks):
                 self._current_chunk = chunk
@@ -934,11 +973,13 @@ class VidTwinPipeline(DiffusionPipeline):
                                              callback_on_step_end, callback_on_step_end_tensor_inputs, progress_bar)
                 if context_chunks:
                     history.append(chunk_latents)
-                outputs.append(self._chunk_output(chunk_latents, output_type, num_chunks))
+                pending = self._add_chunk_output(outputs, pending, chunk_latents, output_type, num_chunks,
+                                                 seam_blend_frames)
                 if self.interrupt:
                     break
 
         # 5. The chunks joined and trimmed to num_frames ("latent": the denoiser's latents as they are).
+        self._add_chunk_output(outputs, pending, None, output_type, num_chunks, seam_blend_frames)
         frames = self._join_chunk_outputs(outputs, output_type, num_frames)
         self.maybe_free_model_hooks()
         return VidTwinPipelineOutput(frames=frames) if return_dict else (frames,)

@@ -219,6 +219,50 @@ def test_tiling_equals_chunk_by_chunk_encoding():
     torch.testing.assert_close(recon, decoded[:, :, : x.shape[2]])
 
 
+@pytest.mark.parametrize("blend", [1, 2, 4])
+def test_seam_blending_crossfades_the_reconstruction_of_the_frames_around_the_seam(blend):
+    model = tiny()
+    frames, half = model.sample_shape[1], model.sample_shape[1] // 2
+    before, after = video(model, seed=1), video(model, seed=2)
+    with torch.no_grad():
+        blended_before, blended_after = model.blend_seam(before, after, blend)
+        window = torch.cat([before[:, :, half:], after[:, :, :half]], dim=2)
+        bridge = model.decode(model.encode(window).latent_dist.mode()).sample
+    joined, blended = torch.cat([before, after], dim=2), torch.cat([blended_before, blended_after], dim=2)
+    # Weight 1 next to the seam, falling by 1/blend per frame; frames further away are untouched, exactly.
+    for offset in range(-half, half):
+        index, weight = frames + offset, max(0.0, 1 - (abs(offset + 0.5) - 0.5) / blend)
+        expected = joined[:, :, index] + weight * (bridge[:, :, half + offset] - joined[:, :, index])
+        torch.testing.assert_close(blended[:, :, index], expected, rtol=1e-5, atol=1e-5)
+        if weight == 0:
+            assert torch.equal(blended[:, :, index], joined[:, :, index])
+    assert torch.equal(blended[:, :, : frames - half], joined[:, :, : frames - half])
+    assert torch.equal(blended[:, :, frames + half :], joined[:, :, frames + half :])
+
+
+def test_tiled_decode_blends_every_seam_on_its_own():
+    model = tiny()
+    frames = model.sample_shape[1]
+    model.enable_tiling()
+    with torch.no_grad():
+        z = model.encode(video(model, frames=3 * frames)).latent_dist.mode()
+        plain = model.decode(z).sample
+        chunks = list(plain.split(frames, dim=2))
+        for k in (1, 2):  # each seam's window lies outside the frames the other seam changes
+            chunks[k - 1], chunks[k] = model.blend_seam(chunks[k - 1], chunks[k], 2)
+        torch.testing.assert_close(model.decode(z, blend_num_frames=2).sample, torch.cat(chunks, dim=2))
+        assert not torch.equal(model.decode(z, blend_num_frames=2).sample, plain)
+        one_chunk = z[:, : model.latent_size]
+        assert torch.equal(model.decode(one_chunk, blend_num_frames=2).sample, model.decode(one_chunk).sample)
+        for bad in (frames // 2 + 1, -1, 1.5, True):
+            with pytest.raises(ValueError, match=r"blend_num_frames must be an integer in \[1, 4\]"):
+                model.decode(z, blend_num_frames=bad)
+        with pytest.raises(ValueError, match="with part= pass 0"):
+            model.decode(z, part="structure", blend_num_frames=2)
+        with pytest.raises(ValueError, match="two decoded chunks"):
+            model.blend_seam(plain[:, :, :frames], plain[:, :, : frames - 1], 2)
+
+
 def test_bad_inputs_are_rejected():
     model = tiny()
     good = video(model)

@@ -36,6 +36,20 @@ def test_num_frames_writes_that_many_frames(folder):
     assert frame_count(folder / "long" / "RedSquareDrift_00.mp4") == 20
 
 
+def test_seam_blend_frames_reaches_the_pipeline(folder, monkeypatch, capsys):
+    seen = []
+    real = VidTwinPipeline.__call__
+    monkeypatch.setattr(VidTwinPipeline, "__call__",
+                        lambda self, *a, **k: (seen.append(k["seam_blend_frames"]), real(self, *a, **k))[-1])
+    for flag, expected in (([], None), (["--seam-blend-frames", "0"], 0), (["--seam-blend-frames", "3"], 3)):
+        assert generate(folder, "blend", "--class-label", "0", "--num-frames", "20", "--context-chunks", "0",
+                        *flag) == 0
+    assert seen == [None, 0, 3]
+    assert generate(folder, "blend", "--class-label", "0", "--num-frames", "20", "--context-chunks", "0",
+                    "--seam-blend-frames", "5") == 2
+    assert "seam_blend_frames must be at most 4" in capsys.readouterr().err
+
+
 def test_a_context_free_model_gives_one_line_naming_the_fix(folder, capsys):
     assert generate(folder, "refused", "--class-label", "0", "--num-frames", "20") == 2
     (error,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # one line

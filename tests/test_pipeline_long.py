@@ -65,10 +65,29 @@ def chunk_calls(spy, num_chunks):
 def test_default_is_one_chunk_and_the_first_chunk_of_a_long_video_is_it(pipe):
     one = run(pipe, [0, 2])
     np.testing.assert_array_equal(run(pipe, [0, 2], num_frames=T), one)
-    long = run(pipe, [0, 2], num_frames=3 * T, context_chunks=0)
+    long = run(pipe, [0, 2], num_frames=3 * T, context_chunks=0, seam_blend_frames=0)
     assert long.shape == (2, 3 * T, 32, 32, 3)
     np.testing.assert_array_equal(long[:, :T], one)  # chunk 1 draws its noise first from the same generators
     assert np.abs(long[:, T:2 * T] - long[:, :T]).max() > 1e-3  # later chunks are new samples
+    blended = run(pipe, [0, 2], num_frames=3 * T, context_chunks=0)  # the seams blended over T/4 frames a side
+    np.testing.assert_array_equal(blended[:, :T - T // 4], one[:, :T - T // 4])
+
+
+def test_seams_are_blended_as_the_vae_blends_a_tiled_decode(pipe):
+    plain = run(pipe, [0, 1], num_frames=3 * T, context_chunks=0, seam_blend_frames=0)
+    latents = run(pipe, [0, 1], num_frames=3 * T, context_chunks=0, output_type="latent")
+    with torch.no_grad():
+        expected = pipe.vae.decode(pipe.denormalize_latents(latents), blend_num_frames=3).sample
+    expected = pipe.video_processor.postprocess_video(expected, output_type="np")
+    blended = run(pipe, [0, 1], num_frames=3 * T, context_chunks=0, seam_blend_frames=3)
+    np.testing.assert_allclose(blended, expected, atol=1e-5)
+    np.testing.assert_allclose(pipe.decode_latents(latents, seam_blend_frames=3), blended, atol=1e-5)
+    np.testing.assert_allclose(pipe.decode_latents(latents, seam_blend_frames=0), plain, atol=1e-5)
+    changed = np.flatnonzero(np.abs(blended - plain).max(axis=(0, 2, 3, 4)) > 0)
+    assert set(changed) == {seam + offset for seam in (T, 2 * T) for offset in range(-3, 3)}  # nothing else
+    for bad, error in ((T // 2 + 1, ValueError), (-1, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match="seam_blend_frames"):
+            run(pipe, num_frames=2 * T, context_chunks=0, seam_blend_frames=bad)
 
 
 @pytest.mark.parametrize("num_frames", [1, 5, 12, 20])
@@ -111,10 +130,10 @@ def test_progress_bar_counts_chunks_times_steps():
 
 def test_each_chunk_is_decoded_on_its_own_as_soon_as_it_is_made(pipe, monkeypatch):
     decoded, order = [], []
-    real_decode, real_step = pipe.decode_latents, pipe.scheduler.step
-    monkeypatch.setattr(pipe, "decode_latents", lambda latents, *a, **k: (decoded.append(tuple(latents.shape)),
-                                                                         order.append("decode"),
-                                                                         real_decode(latents, *a, **k))[-1])
+    real_decode, real_step = pipe.vae.decode, pipe.scheduler.step
+    monkeypatch.setattr(pipe.vae, "decode", lambda latents, *a, **k: (decoded.append(tuple(latents.shape)),
+                                                                      order.append("decode"),
+                                                                      real_decode(latents, *a, **k))[-1])
     monkeypatch.setattr(pipe.scheduler, "step", lambda *a, **k: (order.append("step"), real_step(*a, **k))[-1])
     frames = run(pipe, [0, 1], num_frames=4 * T, context_chunks=0)
     assert frames.shape[1] == 4 * T
@@ -164,7 +183,7 @@ def test_context_chunks_limits_the_history_and_zero_switches_it_off(monkeypatch)
     sizes = [None if c["context_structure"] is None else c["context_structure"].shape[1] for c in spy.calls]
     assert sizes == [None] * STEPS + [1] * 2 * STEPS
     spy.calls.clear()
-    naive = run(pipe, num_frames=3 * T, context_chunks=0)
+    naive = run(pipe, num_frames=3 * T, context_chunks=0, seam_blend_frames=0)
     assert all(c["context_structure"] is None for c in spy.calls)
     np.testing.assert_array_equal(naive[:, :T], run(pipe))
     with pytest.raises(ValueError, match=r"context_chunks must be an integer in \[0, 2\].*got 3"):
@@ -259,7 +278,7 @@ def test_class_switches_at_chunk_boundaries(monkeypatch):
         assert all(call["class_labels"].tolist() == labels for call in calls)
     # The first chunk of a switching run is the single-class run's.
     mixed = pipe(chunk_class_labels=[1, 0], num_frames=2 * T, context_chunks=0, num_inference_steps=STEPS,
-                 generator=generators(1)).frames
+                 generator=generators(1), seam_blend_frames=0).frames
     assert mixed.shape[1] == 2 * T
     np.testing.assert_array_equal(mixed[:, :T], run(pipe, [1]))
 
@@ -299,8 +318,8 @@ def test_prompt_switches_at_chunk_boundaries(monkeypatch):
 def test_a_context_model_uses_its_context_end_to_end(tmp_path):
     pipe = tiny_pipeline(num_context_chunks=2)
     perturb_(pipe.transformer, seed=1, scale=0.2)  # a context path strong enough to see in the frames
-    with_context = run(pipe, [0, 1], num_frames=3 * T)
-    independent = run(pipe, [0, 1], num_frames=3 * T, context_chunks=0)
+    with_context = run(pipe, [0, 1], num_frames=3 * T, seam_blend_frames=0)
+    independent = run(pipe, [0, 1], num_frames=3 * T, context_chunks=0, seam_blend_frames=0)
     assert with_context.shape == (2, 3 * T, 32, 32, 3) and np.isfinite(with_context).all()
     np.testing.assert_array_equal(with_context[:, :T], independent[:, :T])  # the first chunk has no context
     assert np.abs(with_context[:, T:] - independent[:, T:]).max() > 1e-3  # the later ones depend on it
@@ -311,4 +330,4 @@ def test_a_context_model_uses_its_context_end_to_end(tmp_path):
     loaded = VidTwinPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
     assert loaded.num_context_chunks == 2
-    np.testing.assert_allclose(run(loaded, [0, 1], num_frames=3 * T), with_context, atol=1e-5)
+    np.testing.assert_allclose(run(loaded, [0, 1], num_frames=3 * T, seam_blend_frames=0), with_context, atol=1e-5)

@@ -16,7 +16,7 @@ Every video is written as mp4 and gif through diffusers' export utilities.
 
 Long videos (`generate --num-frames N`) are made chunk after chunk of the VAE's T frames, each chunk seeing the
 ones before it (a long-video model, trained with a train_configs/dit/*_long.yaml config; `--context-chunks 0`
-makes independent chunks with any model). `--continue CLIP` continues a clip: its last frames are the first chunk's
+makes independent chunks with any model); the frames around every seam are blended (`--seam-blend-frames`). `--continue CLIP` continues a clip: its last frames are the first chunk's
 context, and the files hold the N new frames (with `--with-input`, the clip's frames that were used come first).
 """
 
@@ -91,6 +91,8 @@ def _generate_parser() -> argparse.ArgumentParser:
                         "than T are generated chunk after chunk")
     parser.add_argument("--context-chunks", type=int, help="previous chunks each chunk sees (default: the model's "
                         "num_context_chunks; 0: independent chunks)")
+    parser.add_argument("--seam-blend-frames", type=int, help="frames blended on each side of a seam between "
+                        "chunks (default: T/4; 0: every chunk decoded on its own)")
     parser.add_argument("--continue", dest="continue_video", metavar="VIDEO",
                         help="continue this clip: its last chunks (read at --fps) are the context of the first new one")
     parser.add_argument("--with-input", action="store_true",
@@ -165,6 +167,7 @@ def main_generate(argv: list[str] | None = None) -> int:
         generator=generators,
         num_frames=args.num_frames,
         context_chunks=args.context_chunks,
+        seam_blend_frames=args.seam_blend_frames,
         video=None if clip is None else clip.to(pipe.vae.dtype),
         **kept,
     ).frames

@@ -882,15 +882,47 @@ recon = vae.decode(z).sample                            # (B, C, T, H, W)
         p, pt = self.config.patch_size, self.config.patch_size_t
         return rearrange(pixels, "b t h w (pt ph pw c) -> b c (t pt) (h ph) (w pw)", pt=pt, ph=p, pw=p)
 
-    def _decode(self, z: torch.Tensor, part: str | None, num_frames: int | None) -> torch.Tensor:
+    def _decode(self, z: torch.Tensor, part: str | None, num_frames: int | None, blend_num_frames: int = 0) -> torch.Tensor:
         structure, dynamics = self.unpack_latents(z)
         n_q, t = self.config.num_queries, self.grid_size[0]
         # Tiled latents hold K chunks; each decodes on its own, so memory stays that of one chunk.
-        video = torch.cat(
-            [self._decode_chunk(s, d, part) for s, d in zip(structure.split(n_q, dim=2), dynamics.split(t, dim=2))],
-            dim=2,
-        )
+        chunks = [self._decode_chunk(s, d, part) for s, d in zip(structure.split(n_q, dim=2), dynamics.split(t, dim=2))]
+        for k in range(1, len(chunks) if blend_num_frames else 0):
+            chunks[k - 1], chunks[k] = self.blend_seam(chunks[k - 1], chunks[k], blend_num_frames)
+        video = torch.cat(chunks, dim=2)
         return video if num_frames is None else video[:, :, :num_frames]
+
+    def _check_blend_num_frames(self, blend_num_frames: int) -> None:
+        half = self.sample_shape[1] // 2
+        if isinstance(blend_num_frames, bool) or not isinstance(blend_num_frames, int) or not 1 <= blend_num_frames <= half:
+            raise ValueError(f"blend_num_frames must be an integer in [1, {half}] (half a chunk), got {blend_num_frames!r}")
+
+    def blend_seam(self, before: torch.Tensor, after: torch.Tensor, blend_num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hide the seam between two consecutive decoded chunks `before`, `after` (B, C, T, H, W).
+
+        Decoded chunk by chunk, each chunk's reconstruction error is independent of its neighbour's, so frames jump
+        at the boundary even for the latents of a real clip (on the embedded set, ~3x the change between
+        consecutive frames inside a chunk). The T frames straddling the seam (the last T/2 of `before`, the first
+        T/2 of `after`) are encoded and decoded as one chunk, a reconstruction that is continuous across the seam,
+        and crossfaded in over `blend_num_frames` frames (1 to T/2) on each side: weight 1 next to the seam,
+        falling linearly to 0. Frames further from the seam are untouched, so the seams of a long video blend
+        independently of each other. Returns the blended (before, after).
+        """
+        self._check_blend_num_frames(blend_num_frames)
+        frames = self.sample_shape[1]
+        half = frames // 2
+        if before.shape != after.shape or tuple(before.shape[1:]) != self.sample_shape:
+            raise ValueError(f"expected two decoded chunks of shape (B, {', '.join(map(str, self.sample_shape))}), got "
+                             f"{tuple(before.shape)} and {tuple(after.shape)}")
+        window = torch.cat([before[:, :, half:], after[:, :, :half]], dim=2)  # T frames, the seam after T - half
+        structure, dynamics = self._encode_chunk(window)
+        bridge = self._decode_chunk(DiagonalGaussian(structure).mode(), DiagonalGaussian(dynamics).mode(), None)
+        distance = torch.arange(1, frames + 1, device=window.device, dtype=window.dtype)  # from the seam, 1 next to it
+        weight = (1 - (distance - 1) / blend_num_frames).clamp(min=0)
+        weight = torch.cat([weight[: frames - half].flip(0), weight[:half]]).view(1, 1, -1, 1, 1)
+        blended = window + weight * (bridge - window)
+        return (torch.cat([before[:, :, :half], blended[:, :, : frames - half]], dim=2),
+                torch.cat([blended[:, :, frames - half :], after[:, :, half:]], dim=2))
 
     def _check_latent(self, z: torch.Tensor, part: str | None, num_frames: int | None) -> None:
         if part not in DECODE_PARTS:
@@ -912,7 +944,8 @@ recon = vae.decode(z).sample                            # (B, C, T, H, W)
 
     @apply_forward_hook
     def decode(
-        self, z: torch.Tensor, part: str | None = None, num_frames: int | None = None, return_dict: bool = True
+        self, z: torch.Tensor, part: str | None = None, num_frames: int | None = None, return_dict: bool = True,
+        blend_num_frames: int = 0,
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Decode a packed joint latent.
 
@@ -920,18 +953,24 @@ recon = vae.decode(z).sample                            # (B, C, T, H, W)
             z: (B, N) packed latent (`pack_latents`), or (B, K*N) from a tiled encode.
             part: None for the full reconstruction, "structure" or "dynamics" to decode one part alone.
             num_frames: trim the output to this many frames (the length of a tiled input clip), 1 to K*T.
+            blend_num_frames: with K > 1 chunks, blend every seam over this many frames on each side (1 to T/2;
+                see `blend_seam`); 0 (the default) decodes each chunk on its own.
 
         Returns:
             `DecoderOutput` whose `sample` is (B, C, T, H, W), unclamped.
         """
         self._check_latent(z, part, num_frames)
-        video = self._decode_batch(z.to(self.compute_dtype), part, num_frames)
+        if blend_num_frames != 0:
+            self._check_blend_num_frames(blend_num_frames)
+            if part is not None:
+                raise ValueError("blend_num_frames re-encodes full reconstructions across seams; with part= pass 0")
+        video = self._decode_batch(z.to(self.compute_dtype), part, num_frames, blend_num_frames)
         return DecoderOutput(sample=video) if return_dict else (video,)
 
-    def _decode_batch(self, z: torch.Tensor, part: str | None, num_frames: int | None) -> torch.Tensor:
+    def _decode_batch(self, z: torch.Tensor, part: str | None, num_frames: int | None, blend_num_frames: int = 0) -> torch.Tensor:
         if self.use_slicing and z.shape[0] > 1:
-            return torch.cat([self._decode(zi, part, num_frames) for zi in z.split(1)])
-        return self._decode(z, part, num_frames)
+            return torch.cat([self._decode(zi, part, num_frames, blend_num_frames) for zi in z.split(1)])
+        return self._decode(z, part, num_frames, blend_num_frames)
 
     def forward(
         self,

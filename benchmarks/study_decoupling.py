@@ -27,7 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vidtwin_gen.demo import run_trainer  # noqa: E402
 from vidtwin_gen.evaluation.decoupling import decoupling_for_vae  # noqa: E402
+from vidtwin_gen.training import train_vae  # noqa: E402
 from vidtwin_gen.models.autoencoder_vidtwin import AutoencoderVidTwin  # noqa: E402
 
 BASE_CONFIG = ROOT / "train_configs" / "vae" / "quickstart.yaml"
@@ -63,15 +65,20 @@ CONFIGS = {
 }
 
 
-def train(name: str, overrides: list[str], data_root: str, out: Path, steps: int, seed: int) -> float | None:
-    """Train one configuration into out/name unless it is there already; its wall time in seconds (None: reused)."""
+def train(name: str, overrides: list[str], data_root: str, out: Path, steps: int, seed: int,
+          num_processes: int = 1) -> float | None:
+    """Train one configuration into out/name unless it is there already; its wall time in seconds (None: reused).
+    With `num_processes` > 1, as that many data-parallel CPU processes, as the demo trains (same global batch)."""
     if (out / name / "vae" / "config.json").exists():
         return None
-    command = [sys.executable, "-m", "vidtwin_gen.cli", "train-vae", "--config", str(BASE_CONFIG), "--data_root",
-               data_root, "--output_dir", str(out / name), "--max_train_steps", str(steps), "--seed", str(seed),
-               "--resume_from_checkpoint", "latest", *overrides]
+    arguments = ["--data_root", data_root, "--output_dir", str(out / name), "--max_train_steps", str(steps), "--seed",
+                 str(seed), "--resume_from_checkpoint", "latest", *overrides]
     start = time.monotonic()
-    subprocess.run(command, check=True, cwd=ROOT)
+    if num_processes > 1:
+        run_trainer(train_vae, str(BASE_CONFIG), arguments, num_processes)
+    else:
+        subprocess.run([sys.executable, "-m", "vidtwin_gen.cli", "train-vae", "--config", str(BASE_CONFIG), *arguments],
+                       check=True, cwd=ROOT)
     return round(time.monotonic() - start, 1)
 
 
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000, help="max_train_steps of every configuration")
     parser.add_argument("--num-pairs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="data-parallel CPU processes per training run (the demo uses 2 on 2 cores: ~1.7x faster)")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for name in args.configs:
         changes, overrides = CONFIGS[name]
-        seconds = train(name, overrides, args.data_root, out, args.steps, args.seed)
+        seconds = train(name, overrides, args.data_root, out, args.steps, args.seed, args.num_processes)
         vae = AutoencoderVidTwin.from_pretrained(out / name / "vae")
         report = decoupling_for_vae(vae, args.data_root, num_pairs=args.num_pairs, seed=args.seed,
                                     sheet=out / name / "decoupling.png")

@@ -48,3 +48,27 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
     second = capsys.readouterr().out
     assert all(f"[{stage}] done already, skipped" in second for stage in stages)
     assert json.loads((out / "metrics.json").read_text())["wall_time_seconds"] == metrics["wall_time_seconds"]
+
+
+def test_trainers_run_data_parallel_with_the_config_s_global_batch(monkeypatch, tmp_path):
+    import subprocess
+
+    from vidtwin_gen import demo
+    from vidtwin_gen.training import train_vae
+
+    launched = []
+    monkeypatch.setattr(subprocess, "run", lambda command, env: launched.append((command, env)) or
+                        subprocess.CompletedProcess(command, 0))
+    config = demo.config_path("vae/quickstart.yaml")  # train_batch_size 4
+    demo.run_trainer(train_vae, config, ["--data_root", "d"], num_processes=2)
+    (command, env), = launched
+    assert command[command.index("--num_processes") + 1] == "2"
+    assert command[command.index("-m", 3) + 1] == "vidtwin_gen.training.train_vae"
+    assert command[-4:] == ["--train_batch_size", "2", "--dataloader_num_workers", "0"]
+    assert command[-8:-4] == ["--config", config, "--data_root", "d"]
+    assert env["ACCELERATE_USE_CPU"] == "1" and env["OMP_NUM_THREADS"] == "1"
+    with pytest.raises(ValueError, match="train_batch_size 4 does not split over 3 processes; pass --num-processes 1"):
+        demo.run_trainer(train_vae, config, [], num_processes=3)
+    monkeypatch.setattr(subprocess, "run", lambda command, env: subprocess.CompletedProcess(command, 1))
+    with pytest.raises(RuntimeError, match="failed in 2 processes .* rerun the demo to resume"):
+        demo.run_trainer(train_vae, config, [], num_processes=2)

@@ -6,22 +6,16 @@ Accelerate 1.15 never selects FSDP on CPU, so tests/distributed/fsdp_pieces.py s
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from vidtwin_gen.demo import free_port
 from vidtwin_gen.training.checkpointing import check_loadable
 
 SCRIPT = Path(__file__).resolve().parent / "distributed" / "fsdp_pieces.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

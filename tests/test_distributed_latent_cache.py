@@ -3,7 +3,6 @@ killed run continues per rank."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,14 +12,9 @@ import torch
 from helpers import kill_when_written
 
 from vidtwin_gen.data.latent_cache import load_latent_cache, main
+from vidtwin_gen.demo import free_port
 
 pytestmark = pytest.mark.slow  # each launch starts two Python processes (~20 s on a loaded CPU)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def encode_args(vae_dir, data_root, output) -> list[str]:

@@ -2,7 +2,6 @@
 processes on one machine."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +10,11 @@ import pytest
 import torch
 from test_train_vae import arguments, weights
 
+from vidtwin_gen.demo import free_port
+
 CONFIGS = Path(__file__).resolve().parents[1] / "train_configs" / "accelerate"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
 TIMEOUT = 600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launcher(*options: str) -> list[str]:

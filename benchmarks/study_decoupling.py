@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from vidtwin_gen.demo import run_trainer  # noqa: E402
 from vidtwin_gen.evaluation.decoupling import decoupling_for_vae  # noqa: E402
-from vidtwin_gen.training import train_vae  # noqa: E402
 from vidtwin_gen.models.autoencoder_vidtwin import AutoencoderVidTwin  # noqa: E402
+from vidtwin_gen.training import train_vae  # noqa: E402
 
 BASE_CONFIG = ROOT / "train_configs" / "vae" / "quickstart.yaml"
 

@@ -458,9 +458,13 @@ class VidTwinPipeline(DiffusionPipeline):
         """
         seam_blend_frames = 0 if part is not None and seam_blend_frames is None else self._check_seam_blend_frames(
             seam_blend_frames)
-        latents = self.denormalize_latents(latents.to(self._execution_device).float()).to(self.vae.dtype)
-        video = self.vae.decode(latents, part=part, num_frames=num_frames, blend_num_frames=seam_blend_frames).sample
+        video = self._vae_decode(latents.to(self._execution_device), part=part, num_frames=num_frames,
+                                 blend_num_frames=seam_blend_frames)
         return self.video_processor.postprocess_video(video.float(), output_type=output_type)
+
+    def _vae_decode(self, latents: torch.Tensor, **decode_kwargs) -> torch.Tensor:
+        """Normalised packed latents -> the VAE's frames (B, 3, T, H, W) in its dtype (`vae.decode`'s keywords)."""
+        return self.vae.decode(self.denormalize_latents(latents.float()).to(self.vae.dtype), **decode_kwargs).sample
 
     @property
     def default_seam_blend_frames(self) -> int:
@@ -715,7 +719,7 @@ class VidTwinPipeline(DiffusionPipeline):
             return None
         video = None
         if latents is not None:
-            video = self.vae.decode(self.denormalize_latents(latents.float()).to(self.vae.dtype)).sample
+            video = self._vae_decode(latents)
             if pending is not None and seam_blend_frames:
                 pending, video = self.vae.blend_seam(pending, video, seam_blend_frames)
         if pending is not None:

@@ -887,8 +887,9 @@ recon = vae.decode(z).sample                            # (B, C, T, H, W)
         n_q, t = self.config.num_queries, self.grid_size[0]
         # Tiled latents hold K chunks; each decodes on its own, so memory stays that of one chunk.
         chunks = [self._decode_chunk(s, d, part) for s, d in zip(structure.split(n_q, dim=2), dynamics.split(t, dim=2))]
-        for k in range(1, len(chunks) if blend_num_frames else 0):
-            chunks[k - 1], chunks[k] = self.blend_seam(chunks[k - 1], chunks[k], blend_num_frames)
+        if blend_num_frames:
+            for k in range(1, len(chunks)):
+                chunks[k - 1], chunks[k] = self.blend_seam(chunks[k - 1], chunks[k], blend_num_frames)
         video = torch.cat(chunks, dim=2)
         return video if num_frames is None else video[:, :, :num_frames]
 

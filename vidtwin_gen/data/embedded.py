@@ -91,7 +91,7 @@ def _scene(rng: np.random.Generator, cls: EmbeddedClass, height: int, width: int
     base = rng.uniform(60, 140)
     waves = []
     for amplitude in (0.6, 0.4):
-        angle, wavelength = rng.uniform(0, math.pi), rng.uniform(0.25, 0.6) * height
+        angle, wavelength = rng.uniform(0, math.pi), rng.uniform(0.5, 1.0) * height
         waves.append((amplitude, 2 * math.pi / wavelength * math.cos(angle), 2 * math.pi / wavelength * math.sin(angle),
                       rng.uniform(0, 2 * math.pi)))
     # The background stays nearly grey (channels within +-12 of each other) so that the saturated object stands
@@ -100,7 +100,7 @@ def _scene(rng: np.random.Generator, cls: EmbeddedClass, height: int, width: int
         "bg_dark": base + rng.uniform(-12, 12, 3) - 25,
         "bg_light": base + rng.uniform(-12, 12, 3) + 25,
         "waves": waves,
-        "radius": rng.uniform(0.19, 0.21) * height,
+        "radius": rng.uniform(0.27, 0.29) * height,
         "centre": (width / 2 + rng.uniform(-0.03, 0.03) * height, height / 2 + rng.uniform(-0.03, 0.03) * height),
         "colour": np.clip(np.array(cls.colour) + rng.uniform(-15, 15, 3), 0, 255),
         "angle": rng.uniform(0, 2 * math.pi),
@@ -109,13 +109,13 @@ def _scene(rng: np.random.Generator, cls: EmbeddedClass, height: int, width: int
 
 def _motion(rng: np.random.Generator, cls: EmbeddedClass) -> dict:
     """Per-clip motion parameters, in frame heights and seconds. Fast motions stay visible (no aliasing) at 8 fps."""
-    drift = {"drift_radius": rng.uniform(0.12, 0.14), "drift_period": rng.uniform(6.0, 8.0),
+    drift = {"drift_radius": rng.uniform(0.08, 0.10), "drift_period": rng.uniform(6.0, 8.0),
              "drift_direction": int(rng.choice([-1, 1])), "drift_phase": rng.uniform(0, 2 * math.pi)}
     if cls.motion == "spin":
-        return {**drift, "turns_per_s": float(rng.choice([-1, 1]) * rng.uniform(0.55, 0.85))}
+        return {**drift, "turns_per_s": float(rng.choice([-1, 1]) * rng.uniform(0.3, 0.45))}
     if cls.motion == "bounce":
-        return {**drift, "hz": rng.uniform(1.0, 1.5), "amplitude": rng.uniform(0.14, 0.16), "phase": rng.uniform(0, 1)}
-    return {**drift, "hz": rng.uniform(1.6, 2.4), "phase": rng.uniform(0, 2 * math.pi)}  # flicker
+        return {**drift, "hz": rng.uniform(1.0, 1.5), "amplitude": rng.uniform(0.20, 0.24), "phase": rng.uniform(0, 1)}
+    return {**drift, "hz": rng.uniform(1.0, 1.5), "phase": rng.uniform(0, 2 * math.pi)}  # flicker
 
 
 def drift_offset(motion: dict, t: float) -> tuple[float, float]:
@@ -165,7 +165,7 @@ def _render(cls: EmbeddedClass, scene: dict, motion: dict, num_frames: int, fps:
         elif cls.motion == "bounce":  # hops up and lands, centred on the scene's place
             cy -= height * motion["amplitude"] * (abs(math.sin(math.pi * (motion["hz"] * t + motion["phase"]))) - 0.5)
         else:  # flicker
-            brightness = 0.45 + 0.55 * (0.5 + 0.5 * math.cos(2 * math.pi * motion["hz"] * t + motion["phase"]))
+            brightness = 0.3 + 0.7 * (0.5 + 0.5 * math.cos(2 * math.pi * motion["hz"] * t + motion["phase"]))
 
         # Draw the object inside its bounding box only.
         y0, y1 = max(0, int(cy - reach)), min(height, int(cy + reach) + 1)

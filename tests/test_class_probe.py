@@ -168,7 +168,7 @@ def test_generator_probes_and_their_report(embedded_root, i3d):
     assert section["real"]["probe_test_accuracy"] == probes["real"].metadata["test_accuracy"]
     assert section["reconstruction"]["num_samples"] == 6
     text = format_sample_class_accuracies(section)
-    assert "vs real" in text and "vs reconstruction" in text and "real test clips" in text
+    assert "vs real" in text and "vs reconstruction" in text and "test clips" in text
     with pytest.raises(ValueError, match="not the real probe's"):
         sample_class_accuracies(probes, real_test, test_labels, ["A", "B", "C"])
 

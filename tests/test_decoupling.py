@@ -18,6 +18,7 @@ from vidtwin_gen.evaluation.decoupling import (
     probes_for_data_root,
     score_decoupled_control,
     score_factors,
+    statistics_class_probes,
     write_decoupling_sheet,
 )
 
@@ -109,6 +110,33 @@ def test_table_tells_which_clip_each_factor_came_from(probes_and_clips):
     assert copies_a["rows"]["dynamics"]["fast_B"] >= 0.9  # the stub's dynamics-only decode is B
     row = evaluate_decoupling(_StubAutoencoder("B"), probes, clips, num_pairs=40)["rows"]["reenactment"]
     assert row["content_B"] >= 0.9 and row["drift_B"] >= 0.9 and row["fast_B"] >= 0.9 and row["goal"] <= 0.1
+
+
+class _Reconstructs:
+    """An 'autoencoder' whose reconstruction of a clip is `transform(clip)`."""
+
+    device, dtype, sample_shape = torch.device("cpu"), torch.float32, (3, 16, *SIZE)
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def eval(self):
+        return self
+
+    def __call__(self, video):
+        return SimpleNamespace(sample=self.transform(video))
+
+
+def test_statistics_class_probes_read_the_classes_and_what_reconstructions_lose(data_root):
+    names = [cls.name for cls in CLASSES]
+    faithful = statistics_class_probes(data_root, _Reconstructs(lambda x: x), FPS)
+    for kind, probe in faithful.items():
+        assert probe.class_names == names and probe.metadata["clips"] in ("real", "vae reconstruction")
+        assert probe.metadata["num_test"] == 20 and probe.metadata["test_accuracy"] >= 0.9, kind
+    # An autoencoder that keeps only each clip's mean frame keeps the content and loses the fast motion: its
+    # reconstructions can no longer be told apart within a content (two fast motions each).
+    still = statistics_class_probes(data_root, _Reconstructs(lambda x: x.mean(2, keepdim=True).expand_as(x)), FPS)
+    assert still["real"].metadata["test_accuracy"] >= 0.9 and still["reconstruction"].metadata["test_accuracy"] <= 0.75
 
 
 def test_reenactment_is_the_models_reenact(vae_dir, data_root):

@@ -27,12 +27,17 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
     # FVD of one sample per class against one held-out clip per class (the probes' test clips), with its interval.
     fvd = metrics["fvd"]
     assert (fvd["num_real"], fvd["num_generated"]) == (10, 10) and 0 <= fvd["low"] <= fvd["high"] and fvd["fvd"] > 0
-    accuracy = metrics["sample_class_accuracy"]
-    assert set(accuracy) == {"real", "reconstruction"}
-    for report in accuracy.values():
-        assert report["num_samples"] == 10 and len(report["per_class"]) == 10
-        assert all(c["num_samples"] == 1 for c in report["per_class"].values())  # a fixed number per class
-        assert 0 <= report["accuracy"] <= 1 and report["probe_num_test"] == 10
+    # Two classifiers, each fitted on real clips and on reconstructions: I3D features (one probe video per class
+    # here) and the clip statistics the decoupling read-out uses (every held-out clip: 60).
+    for section, num_test in (("sample_class_accuracy", 10), ("sample_class_accuracy_statistics", 60)):
+        accuracy = metrics[section]
+        assert set(accuracy) == {"real", "reconstruction"}
+        for report in accuracy.values():
+            assert report["num_samples"] == 10 and len(report["per_class"]) == 10
+            assert all(c["num_samples"] == 1 for c in report["per_class"].values())  # a fixed number per class
+            assert 0 <= report["accuracy"] <= 1 and report["probe_num_test"] == num_test
+    assert metrics["sample_class_accuracy_statistics"]["real"]["probe_test_accuracy"] >= 0.9  # reads real clips
+    assert "clip-statistics probe" in first and "I3D probe" in first
     assert "against reconstructions" in first and "interval" in first and "SSIM" in first
     decoupling = metrics["decoupling"]  # eval-decoupling's read-out of the demo's autoencoder
     assert decoupling["num_pairs"] > 0 and set(decoupling["rows"]) == {"reconstruction", "structure", "dynamics", "reenactment"}

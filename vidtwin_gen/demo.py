@@ -41,7 +41,7 @@ from .data.export import export_videos
 from .data.latent_cache import encode_dataset
 from .data.ucf101 import UCF101Clips
 from .evaluation.class_probe import format_sample_class_accuracies, generator_probes, sample_class_accuracies
-from .evaluation.decoupling import decoupling_for_vae, format_decoupling
+from .evaluation.decoupling import decoupling_for_vae, format_decoupling, statistics_class_probes, statistics_features
 from .evaluation.fvd import extract_features, format_fvd_interval, fvd_bootstrap, pipeline_clips
 from .evaluation.i3d import load_i3d
 from .evaluation.reconstruction import evaluate_reconstruction
@@ -195,17 +195,30 @@ def write_metrics(out: Path, data: Path, pipe: VidTwinPipeline, class_names: lis
     labels = [k for k in range(len(class_names)) for _ in range(args.samples_per_class)]
     pipe.set_progress_bar_config(disable=True)
     settings = sampling_settings()
-    generated = extract_features(pipeline_clips(pipe, labels, 8, seed=args.seed + 1000, **settings), i3d,
-                                 desc="I3D generated clips")
+    samples = list(pipeline_clips(pipe, labels, 8, seed=args.seed + 1000, **settings))
+    generated = extract_features(iter(samples), i3d, desc="I3D generated clips")
     fvd = {**fvd_bootstrap(real, generated, seed=args.seed), "real": f"held-out clips (split 1 test list, {args.probe_videos_per_class} videos per class)",
            "generated": f"{args.samples_per_class} samples per class", "weights_sha256": i3d.weights_sha256,
            "note": "a demo-sized protocol: not comparable with published FVD figures (2,048 or 10,000 clips)"}
     accuracy = sample_class_accuracies(probes, generated, labels, class_names)
-    report = {"reconstruction": reconstruction, "sample_class_accuracy": accuracy, "fvd": fvd,
+    statistics_probes = statistics_class_probes(data, pipe.vae, FPS)
+    accuracy_statistics = sample_class_accuracies(statistics_probes, statistics_features(torch.stack(samples)), labels,
+                                                  class_names)
+    report = {"reconstruction": reconstruction, "sample_class_accuracy_statistics": accuracy_statistics,
+              "sample_class_accuracy": accuracy, "fvd": fvd,
               "sampling": {**settings, "samples_per_class": args.samples_per_class}, "wall_time_seconds": times,
               "decoupling": json.loads((out / "decoupling.json").read_text())}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(format_sample_class_accuracies(accuracy))
+    print(format_sample_class_accuracies(accuracy_statistics, "clip-statistics probe"))
+    print(format_sample_class_accuracies(accuracy, "I3D probe"))
+
+
+def accuracy_line(section: dict, probe_name: str) -> str:
+    """One line of the summary: a `sample_class_accuracies` section's two figures and their probes' own."""
+    recon, real = section["reconstruction"], section["real"]
+    return (f"{recon['accuracy']:.1%} of {recon['num_samples']} samples against reconstructions, {real['accuracy']:.1%} "
+            f"against real clips ({probe_name}; it reads {recon['probe_test_accuracy']:.1%} of held-out reconstructions, "
+            f"{real['probe_test_accuracy']:.1%} of held-out clips)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +283,8 @@ done in {report['wall_time_seconds']['total']:.0f} s of stage time. Results in {
   decoupling       {out / 'decoupling.png'}
   metrics          {out / 'metrics.json'}:
     reconstruction     PSNR {report['reconstruction']['psnr']:.2f} dB, SSIM {report['reconstruction']['ssim']:.3f} on {report['reconstruction']['clips']} held-out clips
-    class accuracy     {accuracy['reconstruction']['accuracy']:.1%} of {accuracy['reconstruction']['num_samples']} samples against reconstructions (probe: {accuracy['reconstruction']['probe_test_accuracy']:.1%} on real test clips), {accuracy['real']['accuracy']:.1%} against real clips (probe: {accuracy['real']['probe_test_accuracy']:.1%})
+    class accuracy     {accuracy_line(report['sample_class_accuracy_statistics'], 'clip-statistics probe')}
+                       {accuracy_line(accuracy, 'I3D probe')}
     {format_fvd_interval(fvd)}
   training logs    {out / 'runs'}  (tensorboard --logdir {out / 'runs'})""")
     return 0

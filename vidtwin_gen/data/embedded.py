@@ -5,12 +5,13 @@ Every clip has three factors, the ones VidTwin's two latents are meant to separa
 - **content**: a coloured shape or textured patch (red square, blue circle, green triangle, yellow stripes,
   purple checker) on a softly textured, nearly grey background; the structure latent's "main semantic content";
 - **slow motion**: the whole scene (background and object together, like a camera) drifts along a closed
-  circle of about a seventh of the frame height, one turn in 6-8 s, clockwise or not, from a random phase. A
-  16-frame clip at 8 fps (2 s) sees a drift of ~0.25 frame heights in a direction that differs from clip to
+  circle of about a tenth of the frame height, one turn in 6-8 s, clockwise or not, from a random phase. A
+  16-frame clip at 8 fps (2 s) sees a drift of ~0.13 frame heights in a direction that differs from clip to
   clip; over the whole video the object stays in frame. The structure latent's "gradual camera motion";
-- **fast motion**: a local motion of the object alone, fast enough to change it between consecutive 8 fps
-  frames (spin 0.55-0.85 turns/s, bounce 1-1.5 Hz, flicker 1.6-2.4 Hz) and slow enough not to alias; the
-  dynamics latent's "rapid local motion".
+- **fast motion**: a local motion of the object alone, several times faster than the drift and visible in every
+  8 fps frame (spin 0.3-0.45 turns/s, bounce 1-1.5 Hz over ~0.2 frame heights, flicker 1-1.5 Hz between 30 % and
+  full brightness), well below the 4 Hz Nyquist rate of 8 fps (a square's spin repeats every quarter turn:
+  1.2-1.8 Hz); the dynamics latent's "rapid local motion".
 
 The ten classes cross content with fast motion ("RedSquareSpin", "RedSquareBounce", ...): each content with
 two fast motions and each fast motion with three or four contents (spin is left out for the circle, which it
@@ -20,8 +21,12 @@ factor: content and slow drift of the structure clip, fast motion of the dynamic
 per-clip continuous factor (not part of the class), so every class shows it and a reenactment's drift can be
 compared with both source clips'.
 
-Sizes suit the quickstart (32x32, 16 frames at 8 fps): the object's radius is ~0.2 of the frame height, the
-background's texture has wavelengths of 0.25-0.6 heights (a drift is visible at 32x32), and a video is 210
+Sizes suit the quickstart (32x32, 16 frames at 8 fps, an autoencoder with 8x8 patches): the object's radius is
+~0.28 of the frame height (its shape, spin and bounce span several patches), the background's texture has
+wavelengths of 0.5-1 heights (a drift is visible at 32x32, and the background does not take the autoencoder's
+capacity from the object: with the earlier design, objects of radius 0.2 on textures of 0.25-0.6 heights and fast
+motions up to 0.85 turns/s and 2.4 Hz, the quickstart autoencoder's reconstructions kept the fast motion of only
+about half of the clips; now 97 %), and a video is 210
 frames at 25 fps (8.4 s: four consecutive 16-frame chunks at 8 fps and then some), each motion persisting for
 the whole video. `embedded_dataset.json` lists every video's factors (content, fast motion and its
 parameters, the drift circle), so evaluation code can check its read-outs against the truth.
@@ -95,7 +100,7 @@ def _scene(rng: np.random.Generator, cls: EmbeddedClass, height: int, width: int
         waves.append((amplitude, 2 * math.pi / wavelength * math.cos(angle), 2 * math.pi / wavelength * math.sin(angle),
                       rng.uniform(0, 2 * math.pi)))
     # The background stays nearly grey (channels within +-12 of each other) so that the saturated object stands
-    # out; the object (radius ~0.2 heights) stays in frame through drift (0.14) and bounce (0.08) together.
+    # out; the object (radius ~0.28 heights) stays in frame through drift (0.10) and bounce (0.12) together.
     return {
         "bg_dark": base + rng.uniform(-12, 12, 3) - 25,
         "bg_light": base + rng.uniform(-12, 12, 3) + 25,

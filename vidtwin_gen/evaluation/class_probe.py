@@ -312,7 +312,7 @@ def data_root_features(
     return features, np.asarray(labels, dtype=np.int64), dataset.class_names, counter["num_skipped"]
 
 
-def _probe_with_test(train, test, class_names: list[str], l2: float, metadata: dict) -> ClassProbe:
+def fit_probe_with_test(train, test, class_names: list[str], l2: float, metadata: dict) -> ClassProbe:
     """Fit on (train features, labels); record the accuracy on (test features, labels) in its metadata."""
     (train_x, train_y), (test_x, test_y) = train, test
     if len(train_x) < 2:
@@ -363,7 +363,7 @@ def probe_for_data_root(
     train_x, train_y, class_names, train_skipped = data_root_features(data_root, i3d, "train", **options)
     test_x, test_y, _, test_skipped = data_root_features(data_root, i3d, "test", **options)
     metadata = _probe_metadata(data_root, i3d, vae, split, num_frames, size, fps, clips_per_video, train_skipped + test_skipped)
-    return _probe_with_test((train_x, train_y), (test_x, test_y), class_names, l2, metadata)
+    return fit_probe_with_test((train_x, train_y), (test_x, test_y), class_names, l2, metadata)
 
 
 # ------------------------------------------------------------------------ a generator's two probes, reported
@@ -402,7 +402,7 @@ def generator_probes(
         test_x, test_y, _, test_skipped = data_root_features(data_root, i3d, "test", vae=source, **options)
         metadata = _probe_metadata(data_root, i3d, source, split, num_frames, size, fps, 1, train_skipped + test_skipped)
         metadata["videos_per_class"] = videos_per_class
-        probes[kind] = _probe_with_test((train_x, train_y), (test_x, test_y), class_names, l2, metadata)
+        probes[kind] = fit_probe_with_test((train_x, train_y), (test_x, test_y), class_names, l2, metadata)
         real_test = (test_x, test_y) if kind == "real" else real_test
     return probes, *real_test
 
@@ -438,13 +438,14 @@ def sample_class_accuracies(probes: dict[str, ClassProbe], features, labels, lab
     return section
 
 
-def format_sample_class_accuracies(section: dict) -> str:
-    """Plain text for `sample_class_accuracies`: one table per probe, its real-clip test accuracy in the title."""
+def format_sample_class_accuracies(section: dict, probe_name: str = "I3D probe") -> str:
+    """Plain text for `sample_class_accuracies`: one table per probe, its test accuracy (on held-out clips of its
+    own kind: real, or their reconstructions) in the title."""
     blocks = []
     for kind, report in section.items():
         ceiling = report.get("probe_test_accuracy")
-        ceiling = f"{ceiling:.1%} on {report['probe_num_test']} real test clips" if ceiling is not None else "unknown"
-        blocks.append(format_classification_report(report, f"sample class accuracy vs {kind} (probe: {ceiling})"))
+        ceiling = f"{ceiling:.1%} on {report['probe_num_test']} test clips" if ceiling is not None else "unknown"
+        blocks.append(format_classification_report(report, f"sample class accuracy vs {kind} ({probe_name}: {ceiling})"))
     return "\n".join(blocks)
 
 

@@ -39,7 +39,8 @@ def test_default_videos_hold_four_chunks_at_8_fps():
 
 def test_scene_drifts_on_a_closed_path_and_the_object_stays_in_frame(tmp_path):
     # A whole default-length video per class, small: every frame's border (of the 4:3 frame and of its centre
-    # square, the quickstart's crop) is background, while the scene moves.
+    # square, the quickstart's crop) is background, while the scene moves; only a bouncing object, at the top or
+    # bottom of a hop where the drift carries it the same way, may reach the edge (in ~10 % of its frames).
     height, width = 48, 64
     root = make_embedded_dataset(tmp_path, classes=[cls.name for cls in CLASSES], num_groups=3, clips_per_group=1,
                                  width=width, height=height)
@@ -50,13 +51,16 @@ def test_scene_drifts_on_a_closed_path_and_the_object_stays_in_frame(tmp_path):
         frames = _decode(root / "UCF-101" / relative).astype(float)
         assert len(frames) == 210
         saturation = frames.max(-1) - frames.min(-1)  # (T, H, W); the background is nearly grey
+        touches = np.zeros(len(frames), bool)
         for border in (saturation[:, [0, -1], :], saturation[:, :, [0, -1]], saturation[:, :, [left, left + height - 1]]):
-            assert border.max() < 60, cls.name
+            touches |= border.max((1, 2)) >= 60
+        assert touches.mean() <= (0.25 if cls.motion == "bounce" else 0.0), cls.name
         assert saturation.max() > 120, cls.name  # the object is there
-        # The drift: the corners change, and the path is a circle (back where it started after a period).
-        corners = np.concatenate([frames[:, :5, :5], frames[:, -5:, -5:]], axis=1)
-        assert np.abs(corners[60] - corners[0]).mean() > 4, cls.name
+        # The drift: the corners change (most after half a turn, the circle's diameter away), and the path is a
+        # circle (back where it started after a period).
         factors = description["videos"][relative]
+        corners = np.concatenate([frames[:, :8, :8], frames[:, -8:, -8:]], axis=1)
+        assert np.abs(corners[round(factors["drift_period"] / 2 * 25)] - corners[0]).mean() > 2, cls.name
         assert factors["content"] == cls.content and factors["fast_motion"] == cls.motion
         start, after_a_turn = drift_offset(factors, 0.0), drift_offset(factors, factors["drift_period"])
         assert np.allclose(start, after_a_turn) and 0.08 <= np.hypot(*start) <= 0.10

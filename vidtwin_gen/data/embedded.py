@@ -7,7 +7,8 @@ Every clip has three factors, the ones VidTwin's two latents are meant to separa
 - **slow motion**: the whole scene (background and object together, like a camera) drifts along a closed
   circle of about a tenth of the frame height, one turn in 6-8 s, clockwise or not, from a random phase. A
   16-frame clip at 8 fps (2 s) sees a drift of ~0.13 frame heights in a direction that differs from clip to
-  clip; over the whole video the object stays in frame. The structure latent's "gradual camera motion";
+  clip; over the whole video the object stays in frame (a bouncing one reaches the frame's edge at the
+  top or bottom of some hops). The structure latent's "gradual camera motion";
 - **fast motion**: a local motion of the object alone, several times faster than the drift and visible in every
   8 fps frame (spin 0.3-0.45 turns/s, bounce 1-1.5 Hz over ~0.2 frame heights, flicker 1-1.5 Hz between 30 % and
   full brightness), well below the 4 Hz Nyquist rate of 8 fps (a square's spin repeats every quarter turn:
@@ -26,7 +27,7 @@ Sizes suit the quickstart (32x32, 16 frames at 8 fps, an autoencoder with 8x8 pa
 wavelengths of 0.5-1 heights (a drift is visible at 32x32, and the background does not take the autoencoder's
 capacity from the object: with the earlier design, objects of radius 0.2 on textures of 0.25-0.6 heights and fast
 motions up to 0.85 turns/s and 2.4 Hz, the quickstart autoencoder's reconstructions kept the fast motion of only
-about half of the clips; now 97 %), and a video is 210
+about half of the clips; on this design 96.5 %), and a video is 210
 frames at 25 fps (8.4 s: four consecutive 16-frame chunks at 8 fps and then some), each motion persisting for
 the whole video. `embedded_dataset.json` lists every video's factors (content, fast motion and its
 parameters, the drift circle), so evaluation code can check its read-outs against the truth.
@@ -100,7 +101,8 @@ def _scene(rng: np.random.Generator, cls: EmbeddedClass, height: int, width: int
         waves.append((amplitude, 2 * math.pi / wavelength * math.cos(angle), 2 * math.pi / wavelength * math.sin(angle),
                       rng.uniform(0, 2 * math.pi)))
     # The background stays nearly grey (channels within +-12 of each other) so that the saturated object stands
-    # out; the object (radius ~0.28 heights) stays in frame through drift (0.10) and bounce (0.12) together.
+    # out; the object (radius ~0.28 heights) stays in frame through its drift (0.10); a bounce (up to 0.12 more)
+    # can take it to the frame's edge for a few frames, a price of an object large enough for 8x8 patches.
     return {
         "bg_dark": base + rng.uniform(-12, 12, 3) - 25,
         "bg_light": base + rng.uniform(-12, 12, 3) + 25,

@@ -40,7 +40,7 @@ def test_default_videos_hold_four_chunks_at_8_fps():
 def test_scene_drifts_on_a_closed_path_and_the_object_stays_in_frame(tmp_path):
     # A whole default-length video per class, small: every frame's border (of the 4:3 frame and of its centre
     # square, the quickstart's crop) is background, while the scene moves; only a bouncing object, at the top or
-    # bottom of a hop where the drift carries it the same way, may reach the edge (in ~10 % of its frames).
+    # bottom of a hop where the drift carries it the same way, may reach the edge (in up to ~20 % of its frames).
     height, width = 48, 64
     root = make_embedded_dataset(tmp_path, classes=[cls.name for cls in CLASSES], num_groups=3, clips_per_group=1,
                                  width=width, height=height)

@@ -14,9 +14,9 @@ Stages (each skipped when its output already exists, so a rerun resumes where th
               with frame differences and the measured decoupling (eval-decoupling's read-out over many pairs)
                                                                               OUT/decoupling.png, .gif, .json
     metrics   reconstruction PSNR/SSIM on held-out clips; a fixed number of samples per class: their class
-              accuracy under two linear probes on I3D features (fitted on real train clips, and on the VAE's
-              reconstructions of them), FVD against the held-out clips with a bootstrap interval; wall time
-              per stage                                                       OUT/metrics.json
+              accuracy under linear probes on the clip statistics eval-decoupling reads and on I3D features
+              (each fitted on real train clips, and on the VAE's reconstructions of them), FVD against the
+              held-out clips with a bootstrap interval; wall time per stage   OUT/metrics.json
 """
 
 import argparse

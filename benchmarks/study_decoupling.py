@@ -48,6 +48,7 @@ CONFIGS = {
     "structure_4q_kl1e-2": ("n_q 4, KL weight 1e-2", ["--model.num_queries", "4", "--kl_weight", "1e-2"]),
     "dynamics_d2_kl1e-2": ("n_q 2, d_D 2, KL weight 1e-2 (little room in the dynamics)",
                            ["--model.num_queries", "2", "--model.dynamics_channels", "2", "--kl_weight", "1e-2"]),
+    "dynkl50": ("the dynamics' KL weighted 50x", ["--dynamics_kl_scale", "50"]),
     "dynkl100": ("the dynamics' KL weighted 100x", ["--dynamics_kl_scale", "100"]),
 }
 

@@ -115,13 +115,13 @@ def test_table_tells_which_clip_each_factor_came_from(probes_and_clips):
 class _Reconstructs:
     """An 'autoencoder' whose reconstruction of a clip is `transform(clip)`."""
 
-    device, dtype, sample_shape = torch.device("cpu"), torch.float32, (3, 16, *SIZE)
+    sample_shape = (3, 16, *SIZE)
 
     def __init__(self, transform):
         self.transform = transform
 
-    def eval(self):
-        return self
+    def parameters(self):
+        return iter([torch.zeros(1)])
 
     def __call__(self, video):
         return SimpleNamespace(sample=self.transform(video))

@@ -258,7 +258,7 @@ def _clips_of(dataset: UCF101Clips, counter: dict, videos_per_class: int | None 
 
 
 @torch.no_grad()
-def _reconstructed(clips: Iterator[torch.Tensor], vae: torch.nn.Module, batch_size: int) -> Iterator[torch.Tensor]:
+def reconstructed_clips(clips: Iterator[torch.Tensor], vae: torch.nn.Module, batch_size: int) -> Iterator[torch.Tensor]:
     """The autoencoder's reconstructions (posterior mean, clamped to [-1, 1]) of (3, T, H, W) clips."""
     device = next(vae.parameters()).device
     batch = []
@@ -306,7 +306,7 @@ def data_root_features(
             labels.append(label)
             yield video
 
-    source = clips() if vae is None else _reconstructed(clips(), vae, batch_size)
+    source = clips() if vae is None else reconstructed_clips(clips(), vae, batch_size)
     what = "reconstructed" if vae is not None else "real"
     features = extract_features(source, i3d, num_frames=num_frames, batch_size=batch_size, desc=f"{subset} clips ({what})")
     return features, np.asarray(labels, dtype=np.int64), dataset.class_names, counter["num_skipped"]

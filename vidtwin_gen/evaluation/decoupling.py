@@ -44,7 +44,7 @@ import torch
 from ..data.embedded import CLASSES, CONTENTS, FAST_MOTIONS, drift_offset
 from ..data.ucf101 import UCF101Clips
 from ..data.video_io import sample_frame_indices
-from .class_probe import ClassProbe, fit_class_probe, fit_probe_with_test
+from .class_probe import ClassProbe, fit_class_probe, fit_probe_with_test, reconstructed_clips
 
 CONTENT_NAMES = tuple(CONTENTS)
 _SATURATION_FLOOR = 0.15  # the background's channels stay within ~0.1 of each other
@@ -259,12 +259,6 @@ def statistics_features(videos) -> np.ndarray:
     return np.concatenate([statistics["content"], statistics["fast"]], axis=1)
 
 
-@torch.no_grad()
-def _reconstructions(vae, videos: torch.Tensor, batch_size: int) -> torch.Tensor:
-    vae.eval()
-    return torch.cat([vae(batch.to(vae.device, vae.dtype)).sample.float().clamp(-1, 1).cpu() for batch in videos.split(batch_size)])
-
-
 def statistics_class_probes(data_root, vae, fps: float, split: int = 1, train_clips_per_video: int = 2,
                             batch_size: int = 8, l2: float = 1e-3) -> dict[str, ClassProbe]:
     """Sample-class probes for a generator trained on the embedded set, on `statistics_features` instead of I3D:
@@ -284,8 +278,10 @@ def statistics_class_probes(data_root, vae, fps: float, split: int = 1, train_cl
               for name, clips in subsets.items()}
     probes = {}
     for kind in ("real", "reconstruction"):
-        features = {name: statistics_features(clips.videos if kind == "real" else _reconstructions(vae, clips.videos, batch_size))
-                    for name, clips in subsets.items()}
+        features = {}
+        for name, clips in subsets.items():
+            videos = clips.videos if kind == "real" else torch.stack(list(reconstructed_clips(iter(clips.videos), vae, batch_size)))
+            features[name] = statistics_features(videos)
         metadata = {"features": "decoupling.statistics_features (object chromaticity + fast-motion statistics)",
                     "clips": "real" if kind == "real" else "vae reconstruction", "data_root": str(Path(data_root).resolve()),
                     "split": split, "num_frames": frames, "size": [height, width], "fps": fps,

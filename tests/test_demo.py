@@ -24,20 +24,15 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["reconstruction"]["clips"] == 60 and 0 < metrics["reconstruction"]["psnr"] < 100
-    # FVD of one sample per class against one held-out clip per class (the probes' test clips), with its interval.
+    # FVD of one sample per class against one held-out clip per class, with its interval.
     fvd = metrics["fvd"]
     assert (fvd["num_real"], fvd["num_generated"]) == (10, 10) and 0 <= fvd["low"] <= fvd["high"] and fvd["fvd"] > 0
-    # Two classifiers, each fitted on real clips and on reconstructions: I3D features (one probe video per class
-    # here) and the clip statistics the decoupling read-out uses (every held-out clip: 60).
-    for section, num_test in (("sample_class_accuracy", 10), ("sample_class_accuracy_statistics", 60)):
-        accuracy = metrics[section]
-        assert set(accuracy) == {"real", "reconstruction"}
-        for report in accuracy.values():
-            assert report["num_samples"] == 10 and len(report["per_class"]) == 10
-            assert all(c["num_samples"] == 1 for c in report["per_class"].values())  # a fixed number per class
-            assert 0 <= report["accuracy"] <= 1 and report["probe_num_test"] == num_test
+    # The clip statistics the decoupling read-out uses, fitted on real clips and on reconstructions (every held-out
+    # clip: 60); the I3D probes only when asked for (below).
+    check_sample_class_accuracy(metrics["sample_class_accuracy_statistics"], num_test=60)
+    assert "sample_class_accuracy" not in metrics
     assert metrics["sample_class_accuracy_statistics"]["real"]["probe_test_accuracy"] >= 0.9  # reads real clips
-    assert "clip-statistics probe" in first and "I3D probe" in first
+    assert "clip-statistics probe" in first and "I3D probe" not in first
     assert "against reconstructions" in first and "interval" in first and "SSIM" in first
     decoupling = metrics["decoupling"]  # eval-decoupling's read-out of the demo's autoencoder
     assert decoupling["num_pairs"] > 0 and set(decoupling["rows"]) == {"reconstruction", "structure", "dynamics", "reenactment"}
@@ -53,6 +48,25 @@ def test_demo_end_to_end_and_resume(tmp_path, capsys):
     second = capsys.readouterr().out
     assert all(f"[{stage}] done already, skipped" in second for stage in stages)
     assert json.loads((out / "metrics.json").read_text())["wall_time_seconds"] == metrics["wall_time_seconds"]
+
+    # Without its metrics, a run with --i3d-probes redoes that stage only, adding the I3D probes (one video per class).
+    (out / "metrics.json").unlink()
+    assert main(["--output-dir", str(out), "--samples-per-class", "1", "--probe-videos-per-class", "1", "--i3d-probes"]) == 0
+    third = capsys.readouterr().out
+    assert all(f"[{stage}] done already, skipped" in third for stage in stages - {"metrics"})
+    with_i3d = json.loads((out / "metrics.json").read_text())
+    check_sample_class_accuracy(with_i3d["sample_class_accuracy"], num_test=10)
+    assert with_i3d["sample_class_accuracy_statistics"] == metrics["sample_class_accuracy_statistics"]
+    assert "I3D probe" in third and with_i3d["fvd"]["fvd"] == pytest.approx(metrics["fvd"]["fvd"])
+
+
+def check_sample_class_accuracy(accuracy: dict, num_test: int) -> None:
+    """One sample per class, scored by a probe fitted on real clips and one fitted on reconstructions."""
+    assert set(accuracy) == {"real", "reconstruction"}
+    for report in accuracy.values():
+        assert report["num_samples"] == 10 and len(report["per_class"]) == 10
+        assert all(c["num_samples"] == 1 for c in report["per_class"].values())  # a fixed number per class
+        assert 0 <= report["accuracy"] <= 1 and report["probe_num_test"] == num_test
 
 
 def test_trainers_run_data_parallel_with_the_config_s_global_batch(monkeypatch, tmp_path):

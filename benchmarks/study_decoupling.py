@@ -50,6 +50,10 @@ CONFIGS = {
                            ["--model.num_queries", "2", "--model.dynamics_channels", "2", "--kl_weight", "1e-2"]),
     "dynkl50": ("the dynamics' KL weighted 50x", ["--dynamics_kl_scale", "50"]),
     "dynkl100": ("the dynamics' KL weighted 100x", ["--dynamics_kl_scale", "100"]),
+    # At 100x the object moves into the structure, but so does part of the fast motion (8 queries can follow it):
+    # 2 queries cannot.
+    "structure_2q_dynkl100": ("n_q 2, the dynamics' KL weighted 100x",
+                              ["--model.num_queries", "2", "--dynamics_kl_scale", "100"]),
 }
 
 

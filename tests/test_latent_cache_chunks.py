@@ -164,6 +164,13 @@ def test_context_samples_hold_the_chunks_before_them(chunk_cache, vae, embedded_
     assert int(sample["chunk_index"]) == 2 and sample["context_present"].tolist() == [True, True]
     assert torch.equal(sample["context_structure_mean"][0], three[0]["structure_mean"])
     assert torch.equal(sample["context_structure_mean"][1], three[1]["structure_mean"])
+    # The DataLoader's batched fetch reads a batch at once: each item as read alone, whatever the mix of histories.
+    samples = ContextChunks(three, 2)
+    order = [5, 0, 2, 4, 1, 3]
+    for batched, alone in zip(samples.__getitems__(order), (samples[i] for i in order)):
+        assert batched.keys() == alone.keys()
+        for key, value in alone.items():
+            assert torch.equal(batched[key], value) if torch.is_tensor(value) else batched[key] == value, key
     with pytest.raises(ValueError, match="not stored consecutively"):
         ContextChunks(three.select([0, 2, 1, 3, 4, 5]), 1)
 

@@ -420,18 +420,28 @@ class ContextChunks(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.dataset[index]
-        history = min(int(row["chunk_index"]), self.num_context_chunks)
-        before = self.dataset[index - history : index] if history else None  # (history, ...) per latent column
-        for part in PARTS:
-            for statistic in ("mean", "std"):
-                column = f"{part}_{statistic}"
-                context = row[column].new_zeros(self.num_context_chunks, *row[column].shape)
-                if history:
-                    context[self.num_context_chunks - history :] = before[column]
-                row[f"context_{column}"] = context
-        row["context_present"] = torch.arange(self.num_context_chunks) >= self.num_context_chunks - history
-        return row
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """The items at `indices` from two reads of the cache, their rows and then all their context rows: the
+        DataLoader's batched fetch. Reading a `datasets` table row by row cost a third of the quickstart DiT's
+        training step."""
+        rows = self.dataset.__getitems__(list(indices))
+        histories = [min(int(row["chunk_index"]), self.num_context_chunks) for row in rows]
+        before = [i for index, history in zip(indices, histories) for i in range(index - history, index)]
+        before = self.dataset[before] if before else {}  # every row's context rows, oldest first, row after row
+        start = 0
+        for row, history in zip(rows, histories):
+            for part in PARTS:
+                for statistic in ("mean", "std"):
+                    column = f"{part}_{statistic}"
+                    context = row[column].new_zeros(self.num_context_chunks, *row[column].shape)
+                    if history:
+                        context[self.num_context_chunks - history :] = before[column][start : start + history]
+                    row[f"context_{column}"] = context
+            row["context_present"] = torch.arange(self.num_context_chunks) >= self.num_context_chunks - history
+            start += history
+        return rows
 
 
 def main(argv: list[str] | None = None) -> int:

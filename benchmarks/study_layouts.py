@@ -9,13 +9,15 @@ model with C context chunks costs (1 + C) x its layout's tokens per chunk: its c
 same sequence (a dropped context is masked, not removed, so it costs the same). The default budget is the
 config's own: its max_train_steps x its layout's tokens per sample. Each layout's pipeline then makes
 `--samples-per-class` first chunks (no context) of every class, as the demo's metrics do; reported: their class
-accuracy under a probe fitted on the autoencoder's reconstructions of real train clips and under one fitted on
-the real clips (the demo's probes: `--probe-videos-per-class` videos per class; `3,all` adds a second pair fitted
-on every video, whose figures go under `probes_all`), FVD against the first set's held-out clips with a bootstrap
-interval, training wall time (meaningful only on an idle machine).
+accuracy under the demo's clip-statistics probes (`decoupling.statistics_class_probes`: one fitted on the
+autoencoder's reconstructions of real train clips, one on the real clips; under `statistics`), the same under
+I3D probes (`--probe-videos-per-class` videos per class; `3,all` adds a second pair fitted on every video, whose
+figures go under `probes_all`), FVD against the first set's held-out clips with a bootstrap interval, training
+wall time (meaningful only on an idle machine). `--num-processes 2` trains as the demo does on 2 cores.
 
     vidtwin-gen demo --output-dir runs/demo          # the autoencoder, latents and data this study reuses
-    python benchmarks/study_layouts.py --demo-dir runs/demo --layouts 1x1x1/1x1,1x2x2/2x1,2x2x2/2x2
+    python benchmarks/study_layouts.py --demo-dir runs/demo --layouts 1x1x1/1x1,1x2x2/2x1,2x2x2/2x2,2x2x2/1x4 \
+        --num-processes 2
 
 A layout whose run folder (DEMO_DIR/study/LAYOUT[_TAG]) already holds a pipeline is not trained again (its
 earlier training time is read back), so copying the demo's own OUT/pipeline to DEMO_DIR/study/1x1x1_1x1/pipeline
@@ -36,7 +38,7 @@ import torch
 import yaml
 
 from vidtwin_gen import VidTwinPipeline
-from vidtwin_gen.demo import DIT_CONFIG, FPS, config_path
+from vidtwin_gen.demo import DIT_CONFIG, FPS, config_path, run_trainer
 from vidtwin_gen.evaluation.class_probe import (
     PROBE_KINDS,
     generator_probes,
@@ -44,6 +46,7 @@ from vidtwin_gen.evaluation.class_probe import (
     sample_class_accuracies,
     save_generator_probes,
 )
+from vidtwin_gen.evaluation.decoupling import statistics_class_probes, statistics_features
 from vidtwin_gen.evaluation.fvd import extract_features, format_fvd_interval, fvd_bootstrap, pipeline_clips
 from vidtwin_gen.evaluation.i3d import load_i3d
 from vidtwin_gen.models import AutoencoderVidTwin, VidTwinTransformer3DModel
@@ -111,10 +114,11 @@ def train_layout(args, demo: Path, run: Path, model: dict, overrides: dict, step
     extra = [item for key, value in overrides.items() if not key.startswith("model.")
              for item in (f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value))]
     start = time.monotonic()
-    train_dit.main(["--config", config_path(args.config), "--vae", str(demo / "vae"),
-                    "--latent_cache", str(demo / "latents"), "--seed", str(args.seed), "--output_dir", str(run),
-                    "--model", json.dumps(model), "--max_train_steps", str(steps), "--report_to", "none",
-                    "--validation_steps", str(10**9), "--checkpointing_steps", str(10**9), *extra])
+    run_trainer(train_dit, config_path(args.config),
+                ["--vae", str(demo / "vae"), "--latent_cache", str(demo / "latents"), "--seed", str(args.seed),
+                 "--output_dir", str(run), "--model", json.dumps(model), "--max_train_steps", str(steps),
+                 "--report_to", "none", "--validation_steps", str(10**9), "--checkpointing_steps", str(10**9), *extra],
+                args.num_processes)
     seconds = round(time.monotonic() - start, 1)
     timing.write_text(json.dumps({"train_seconds": seconds, "steps": steps}) + "\n")
     return seconds
@@ -142,6 +146,8 @@ def main() -> None:
     parser.add_argument("--output", help="results JSON (default: DEMO_DIR/study/results[_TAG].json); rows are appended")
     parser.add_argument("--guidance-scale", type=float, help="sampling override (default: the config's)")
     parser.add_argument("--num-inference-steps", type=int, help="sampling override (default: the config's)")
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="data-parallel CPU processes per training run (the demo uses 2 on 2 cores)")
     args = parser.parse_args()
     demo = Path(args.demo_dir)
     config = yaml.safe_load(Path(config_path(args.config)).read_text())
@@ -155,6 +161,7 @@ def main() -> None:
     probe_sizes = [None if size.strip() == "all" else int(size) for size in args.probe_videos_per_class.split(",")]
     probe_sets = [probes_and_real_features(demo, i3d, vae, size) for size in probe_sizes]
     probes, real = probe_sets[0]
+    statistics_probes = statistics_class_probes(demo / "data", vae, FPS)
     real = np.asarray(real)
     output = Path(args.output or demo / "study" / f"results{'_' + args.tag if args.tag else ''}.json")
     rows = json.loads(output.read_text()) if output.exists() else []
@@ -169,8 +176,8 @@ def main() -> None:
         names = [pipe.config.id2label[str(k)] for k in range(len(pipe.labels))]
         labels = [k for k in range(len(names)) for _ in range(args.samples_per_class)]
         start = time.monotonic()
-        generated = extract_features(pipeline_clips(pipe, labels, 8, config["num_inference_steps"], config["guidance_scale"],
-                                                    args.seed + 1000), i3d, desc=f"I3D {layout}")
+        clips = list(pipeline_clips(pipe, labels, 8, config["num_inference_steps"], config["guidance_scale"], args.seed + 1000))
+        generated = extract_features(iter(clips), i3d, desc=f"I3D {layout}")
         sample_seconds = round(time.monotonic() - start, 1)
         fvd = fvd_bootstrap(real, generated, seed=args.seed)
         others = {f"probes_{size or 'all'}": accuracy_row(more, generated, labels, names)
@@ -180,9 +187,13 @@ def main() -> None:
                      "steps": steps, "train_seconds": train_seconds, "sample_and_i3d_seconds": sample_seconds,
                      "guidance_scale": config["guidance_scale"], "num_inference_steps": config["num_inference_steps"],
                      "samples_per_class": args.samples_per_class,
+                     "statistics": accuracy_row(statistics_probes, statistics_features(torch.stack(clips)), labels, names),
                      **accuracy_row(probes, generated, labels, names), "fvd": fvd, **others})
+        statistics = rows[-1]["statistics"]
         print(f"{rows[-1]['layout']:10s} {args.tag:10s} {tokens:4d} tokens/sample {steps:5d} steps "
-              f"{train_seconds or float('nan'):6.0f} s  acc vs recon {rows[-1]['accuracy_vs_reconstruction']:.1%}  "
+              f"{train_seconds or float('nan'):6.0f} s  clip-statistics probe: acc vs recon "
+              f"{statistics['accuracy_vs_reconstruction']:.1%} vs real {statistics['accuracy_vs_real']:.1%}  "
+              f"I3D probe: acc vs recon {rows[-1]['accuracy_vs_reconstruction']:.1%}  "
               f"vs real {rows[-1]['accuracy_vs_real']:.1%}  {format_fvd_interval(fvd)}"
               + "".join(f"  [{key}: vs recon {row['accuracy_vs_reconstruction']:.1%}, vs real {row['accuracy_vs_real']:.1%}]"
                         for key, row in others.items()), flush=True)

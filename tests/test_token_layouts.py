@@ -31,8 +31,8 @@ def test_each_layout_sets_both_patch_sizes(name):
 def test_layout_figures_quoted_in_the_docs():
     with torch.device("meta"):
         counts = {name: VidTwinTransformer3DModel.from_preset("paper", layout=name, num_layers=1).num_tokens
-                  for name in ("1x1x1/1x1", "1x2x2/2x1", "2x2x2/2x2", "4x2x2/4x2")}
-    assert counts == {"1x1x1/1x1": 1008, "1x2x2/2x1": 368, "2x2x2/2x2": 192, "4x2x2/4x2": 96}
+                  for name in ("1x1x1/1x1", "1x2x2/2x1", "2x2x2/2x2", "2x2x2/1x4", "4x2x2/4x2")}
+    assert counts == {"1x1x1/1x1": 1008, "1x2x2/2x1": 368, "2x2x2/2x2": 192, "2x2x2/1x4": 192, "4x2x2/4x2": 96}
 
 
 def test_layout_errors_name_the_fix():

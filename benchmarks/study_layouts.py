@@ -128,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo-dir", default="runs/demo")
     parser.add_argument("--config", default=DIT_CONFIG, help="a train_configs/ DiT config (default: the demo's, %(default)s)")
-    parser.add_argument("--layouts", default="1x1x1/1x1,1x2x2/2x1,2x2x2/2x2",
+    parser.add_argument("--layouts", default="1x1x1/1x1,1x2x2/2x1,2x2x2/2x2,2x2x2/1x4",
                         help="comma-separated VIDTWIN_TOKEN_LAYOUTS names; 'config' is the config's own layout")
     parser.add_argument("--budget", type=float,
                         help="token-steps per layout (default: the config's max_train_steps x its tokens per sample; for "

@@ -424,8 +424,7 @@ class ContextChunks(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """The items at `indices` from two reads of the cache, their rows and then all their context rows: the
-        DataLoader's batched fetch. Reading a `datasets` table row by row cost a third of the quickstart DiT's
-        training step."""
+        DataLoader's batched fetch (row by row, 300 steps of the quickstart DiT at batch 8 took 22 s instead of 20)."""
         rows = self.dataset.__getitems__(list(indices))
         histories = [min(int(row["chunk_index"]), self.num_context_chunks) for row in rows]
         before = [i for index, history in zip(indices, histories) for i in range(index - history, index)]

@@ -97,8 +97,9 @@ VIDTWIN_TOKEN_LAYOUTS = {
     "1x2x2/2x2": {"structure_patch_size": (1, 2, 2), "dynamics_patch_size": (2, 2)},  # 320
     "2x2x2/2x1": {"structure_patch_size": (2, 2, 2), "dynamics_patch_size": (2, 1)},  # 240
     "2x2x2/2x2": {"structure_patch_size": (2, 2, 2), "dynamics_patch_size": (2, 2)},  # 192, 136 GFLOPs
-    # Each dynamics token one frame of a whole (padded) branch: a change that spans the frame, like a flicker, is
-    # made inside one token rather than agreed between several (192 tokens, 136 GFLOPs, as 2x2x2/2x2).
+    # Each dynamics token one frame of 4 positions of a branch (a whole branch of the quickstart's latents, half of a
+    # padded one at paper size): a change across the object, like a flicker, is made inside one token rather than
+    # agreed between several (192 tokens, 136 GFLOPs, as 2x2x2/2x2; the DiT configs' layout).
     "2x2x2/1x4": {"structure_patch_size": (2, 2, 2), "dynamics_patch_size": (1, 4)},
     "4x1x1/4x1": {"structure_patch_size": (4, 1, 1), "dynamics_patch_size": (4, 1)},  # 252: full spatial detail
     "4x2x2/4x2": {"structure_patch_size": (4, 2, 2), "dynamics_patch_size": (4, 2)},  # 96, 69 GFLOPs

@@ -54,6 +54,10 @@ CONFIGS = {
     # 2 queries cannot.
     "structure_2q_dynkl100": ("n_q 2, the dynamics' KL weighted 100x",
                               ["--model.num_queries", "2", "--dynamics_kl_scale", "100"]),
+    # The per-part KL prices the fast motion like the object's look. The dynamics' average over the clip holds what
+    # does not change (the look, the place); priced alone, it should move into the structure and leave the changes.
+    "dynstatic100": ("the dynamics' average over time priced 100x", ["--dynamics_static_kl_scale", "100"]),
+    "dynstatic1000": ("the dynamics' average over time priced 1000x", ["--dynamics_static_kl_scale", "1000"]),
 }
 
 

@@ -224,3 +224,21 @@ def test_dynamics_kl_is_the_dynamics_part_of_the_joint_kl():
     num_structure = int(torch.tensor(vae.structure_latent_shape).prod())
     torch.testing.assert_close(dynamics_kl(encoded.latent_dist, num_structure), encoded.dynamics_dist.kl())
     torch.testing.assert_close(encoded.latent_dist.kl(), encoded.structure_dist.kl() + encoded.dynamics_dist.kl())
+
+
+def test_dynamics_static_kl_prices_the_average_over_time_alone(embedded_root, tmp_path):
+    from vidtwin_gen.training.train_vae import dynamics_kl, dynamics_static_kl
+
+    vae = AutoencoderVidTwin.from_preset("tiny", sample_size=32, num_frames=8, patch_size=8)
+    num_structure, shape = int(torch.tensor(vae.structure_latent_shape).prod()), vae.dynamics_latent_shape
+    posterior = vae.encode(torch.rand(2, 3, 8, 32, 32) * 2 - 1).latent_dist
+    structure, dynamics = vae.unpack_latents(posterior.mean)
+    # A dynamics mean constant over time costs its whole mean term; one that averages to zero over time, nothing.
+    still = dynamics.mean(2, keepdim=True).expand_as(dynamics)
+    posterior.mean = vae.pack_latents(structure, still)
+    mean_term = dynamics_kl(posterior, num_structure) - 0.5 * (posterior.var - 1.0 - posterior.logvar)[:, num_structure:].sum(1)
+    torch.testing.assert_close(dynamics_static_kl(posterior, num_structure, shape), mean_term)
+    posterior.mean = vae.pack_latents(structure, dynamics - still)
+    torch.testing.assert_close(dynamics_static_kl(posterior, num_structure, shape), torch.zeros(2), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="dynamics_static_kl_scale must be >= 0"):
+        main(arguments(embedded_root, tmp_path / "negative", dynamics_static_kl_scale=-1, max_train_steps=1))

@@ -71,6 +71,11 @@ class TrainVAEConfig(RunConfig):
     dynamics_kl_scale: float = field(default=1.0, metadata={
         "help": "the dynamics latent's KL counts this many times (KL weight per part: kl_weight for the structure, "
                 "kl_weight x dynamics_kl_scale for the dynamics); 1 is the original's single KL"})
+    dynamics_static_kl_scale: float = field(default=0.0, metadata={
+        "help": "price the dynamics' average over the clip's frames this many times more: its KL mean term (as if the "
+                "average were the latent in every frame) is added to the KL with this factor, so what stays constant "
+                "over the clip (an object's look and place) costs more in the dynamics than in the structure, while "
+                "what changes from frame to frame (fast motion) does not; 0 (default) is the original's KL"})
     perceptual_weight: float = 0.05
     lpips_vgg_path: str | None = field(default=None, metadata={"help": "torchvision vgg16 state dict (.pth/.safetensors)"})
     lpips_lin_path: str | None = field(default=None, metadata={"help": "LPIPS vgg.pth linear layers"})
@@ -110,6 +115,8 @@ def build_vae(config: TrainVAEConfig) -> AutoencoderVidTwin:
 def build_loss(config: TrainVAEConfig) -> VidTwinLoss:
     if not config.dynamics_kl_scale >= 0:
         raise ValueError(f"dynamics_kl_scale must be >= 0 (1: one KL weight for both parts), got {config.dynamics_kl_scale}")
+    if not config.dynamics_static_kl_scale >= 0:
+        raise ValueError(f"dynamics_static_kl_scale must be >= 0 (0: off), got {config.dynamics_static_kl_scale}")
     return VidTwinLoss(
         disc_start=config.disc_start, kl_weight=config.kl_weight, perceptual_weight=config.perceptual_weight,
         disc_weight=config.disc_weight, lpips_vgg_path=config.lpips_vgg_path, lpips_lin_path=config.lpips_lin_path,
@@ -226,6 +233,14 @@ def dynamics_kl(joint, num_structure: int) -> torch.Tensor:
     return 0.5 * torch.sum(mean.pow(2) + var - 1.0 - logvar, dim=1)
 
 
+def dynamics_static_kl(joint, num_structure: int, dynamics_shape: tuple[int, int, int]) -> torch.Tensor:
+    """(B,) the KL's mean term for the dynamics' average over time: 0.5 * t * sum over channels and positions of
+    (the posterior mean averaged over its t frames)^2, what `dynamics_kl`'s mean term is for a latent that holds
+    that average in every frame. `dynamics_shape` is (d_D, t, w_D + h_D), the packed dynamics' layout."""
+    mean = joint.mean[:, num_structure:].unflatten(1, dynamics_shape)  # (B, d_D, t, P)
+    return 0.5 * mean.shape[2] * mean.mean(2).pow(2).sum((1, 2))
+
+
 def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_optimization: tuple,
                discriminator_optimization: tuple, video: torch.Tensor, step: int, config: TrainVAEConfig) -> dict:
     """One micro-batch `video` (B, 3, T, H, W) in [-1, 1] at optimizer step `step`: the autoencoder's update (and the
@@ -236,11 +251,14 @@ def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_
         with accelerator.autocast():
             output = vae(video, sample_posterior=True)  # through the wrapper, so DDP syncs gradients
             kl = output.latent_dist.kl()  # (B,): the structure's and the dynamics' KL summed
+            model = accelerator.unwrap_model(vae)
+            num_structure = math.prod(model.structure_latent_shape)
             if config.dynamics_kl_scale != 1.0:
-                num_structure = math.prod(accelerator.unwrap_model(vae).structure_latent_shape)
                 kl = kl + (config.dynamics_kl_scale - 1.0) * dynamics_kl(output.latent_dist, num_structure)
-            loss, logs = loss_fn.generator_loss(video, output.sample, kl, step,
-                                                decoder_last_weight(accelerator.unwrap_model(vae)))
+            if config.dynamics_static_kl_scale:
+                kl = kl + config.dynamics_static_kl_scale * dynamics_static_kl(
+                    output.latent_dist, num_structure, model.dynamics_latent_shape)
+            loss, logs = loss_fn.generator_loss(video, output.sample, kl, step, decoder_last_weight(model))
         check_finite(loss, accelerator, step, config.output_dir)
         accelerator.backward(loss)
         logs["grad_norm"] = generator_step(accelerator, vae, loss_fn.logvar, optimizer, logvar_optimizer, lr_scheduler,

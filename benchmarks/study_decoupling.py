@@ -58,6 +58,10 @@ CONFIGS = {
     # does not change (the look, the place); priced alone, it should move into the structure and leave the changes.
     "dynstatic100": ("the dynamics' average over time priced 100x", ["--dynamics_static_kl_scale", "100"]),
     "dynstatic1000": ("the dynamics' average over time priced 1000x", ["--dynamics_static_kl_scale", "1000"]),
+    "dynstatic10000": ("the dynamics' average over time priced 10000x", ["--dynamics_static_kl_scale", "10000"]),
+    # At 1000x the 8 queries take up the fast motion; 4 follow it less well.
+    "structure_4q_dynstatic1000": ("n_q 4, the dynamics' average over time priced 1000x",
+                                   ["--model.num_queries", "4", "--dynamics_static_kl_scale", "1000"]),
 }
 
 

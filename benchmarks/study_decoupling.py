@@ -62,6 +62,21 @@ CONFIGS = {
     # At 1000x the 8 queries take up the fast motion; 4 follow it less well.
     "structure_4q_dynstatic1000": ("n_q 4, the dynamics' average over time priced 1000x",
                                    ["--model.num_queries", "4", "--dynamics_static_kl_scale", "1000"]),
+    # The dynamics encoded from a colour-shuffled clip cannot carry the object's colour; 2 queries cannot carry the
+    # fast motion.
+    "colour_shuffle": ("the dynamics encoded from the clip with shuffled colour channels",
+                       ["--dynamics_colour_shuffle", "true"]),
+    "structure_2q_colour_shuffle": ("n_q 2, the dynamics encoded from the clip with shuffled colour channels",
+                                    ["--model.num_queries", "2", "--dynamics_colour_shuffle", "true"]),
+    # The structure's KL 10x dearer (the dynamics' as before): following the fast motion costs the structure more.
+    "colour_shuffle_structure_kl10": ("the dynamics encoded from the colour-shuffled clip; the structure's KL 10x",
+                                      ["--dynamics_colour_shuffle", "true", "--kl_weight", "1e-2",
+                                       "--dynamics_kl_scale", "0.1"]),
+    # The structure now carries the colours alone: twice its channels (d_S 8; 2,048 latent numbers).
+    "colour_shuffle_structure_d8": ("the dynamics encoded from the colour-shuffled clip; d_S 8",
+                                    ["--dynamics_colour_shuffle", "true", "--model.structure_channels", "8"]),
+    "structure_4q_colour_shuffle": ("n_q 4, the dynamics encoded from the clip with shuffled colour channels",
+                                    ["--model.num_queries", "4", "--dynamics_colour_shuffle", "true"]),
 }
 
 

@@ -126,6 +126,18 @@ def test_decoupled_decoding_and_reenactment():
         model.reenact(a, video(model, batch=2))
 
 
+def test_forward_with_dynamics_sample_is_a_reenactment():
+    model = tiny()
+    a, b = video(model, batch=2, seed=1), video(model, batch=2, seed=2)
+    with torch.no_grad():
+        output = model(a, dynamics_sample=b)
+        (sa, _), (_, db) = (model.unpack_latents(model.encode(x).latent_dist.mode()) for x in (a, b))
+        torch.testing.assert_close(output.latent_dist.mode(), model.pack_latents(sa, db))
+        torch.testing.assert_close(output.sample, model.reenact(a, b).sample)
+    with pytest.raises(ValueError, match="dynamics_sample must have sample's shape"):
+        model(a, dynamics_sample=b[:1])
+
+
 def test_save_load_round_trip(tmp_path):
     model = tiny(sample_size=56)
     model.save_pretrained(tmp_path)

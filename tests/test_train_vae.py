@@ -242,3 +242,37 @@ def test_dynamics_static_kl_prices_the_average_over_time_alone(embedded_root, tm
     torch.testing.assert_close(dynamics_static_kl(posterior, num_structure, shape), torch.zeros(2), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="dynamics_static_kl_scale must be >= 0"):
         main(arguments(embedded_root, tmp_path / "negative", dynamics_static_kl_scale=-1, max_train_steps=1))
+
+
+def test_shuffle_colours_reorders_each_clips_channels_on_its_own():
+    from vidtwin_gen.training.train_vae import shuffle_colours
+
+    torch.manual_seed(0)
+    video = torch.rand(32, 3, 2, 4, 4)
+    shuffled = shuffle_colours(video)
+    orders = set()
+    for clip, result in zip(video, shuffled):
+        order = tuple(next(c for c in range(3) if torch.equal(result[k], clip[c])) for k in range(3))
+        assert sorted(order) == [0, 1, 2]
+        orders.add(order)
+    assert len(orders) > 1
+
+
+def test_colour_shuffled_dynamics_change_training(embedded_root, tmp_path, monkeypatch):
+    from vidtwin_gen.models.autoencoder_vidtwin import AutoencoderVidTwin as Model
+
+    seen = []
+    forward = Model.forward
+    monkeypatch.setattr(Model, "forward", lambda self, sample, *a, dynamics_sample=None, **k: (
+        seen.append((sample, dynamics_sample)), forward(self, sample, *a, dynamics_sample=dynamics_sample, **k))[1])
+    args = dict(max_train_steps=2, disc_start=100, use_ema=False)
+    assert main(arguments(embedded_root, tmp_path / "shuffled", dynamics_colour_shuffle="true", **args)) == 0
+    assert len(seen) == 2
+    for sample, dynamics_sample in seen:
+        # The dynamics' clip is the same clip, each with its colour channels in some order.
+        for clip, shuffled in zip(sample, dynamics_sample):
+            assert any(torch.equal(shuffled, clip[list(order)]) for order in
+                       ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)))
+    seen.clear()
+    assert main(arguments(embedded_root, tmp_path / "plain", **args)) == 0
+    assert [dynamics_sample for _, dynamics_sample in seen] == [None, None]

@@ -836,7 +836,11 @@ recon = vae.decode(z).sample                            # (B, C, T, H, W)
             dynamics = torch.cat([m[1] for m in moments])
         else:
             structure, dynamics = self._encode_moments(video, qformer_dropout)
+        return self._joint_posterior(structure, dynamics)
 
+    @staticmethod
+    def _joint_posterior(structure: torch.Tensor, dynamics: torch.Tensor) -> VidTwinEncoderOutput:
+        """The posteriors of structure and dynamics moments (B, 2 d_S, ...), (B, 2 d_D, ...) and their packed joint."""
         structure_dist, dynamics_dist = DiagonalGaussian(structure), DiagonalGaussian(dynamics)
         joint = torch.cat(
             [structure_dist.mean.flatten(1), dynamics_dist.mean.flatten(1),
@@ -980,14 +984,31 @@ recon = vae.decode(z).sample                            # (B, C, T, H, W)
         generator: torch.Generator | None = None,
         part: str | None = None,
         return_dict: bool = True,
+        dynamics_sample: torch.Tensor | None = None,
     ) -> VidTwinDecoderOutput | tuple[torch.Tensor]:
         """Reconstruct `sample` (B, C, T, H, W); the posterior mean unless `sample_posterior`.
+
+        With `dynamics_sample` (same shape), the dynamics are encoded from it instead, as in `reenact`; the returned
+        `latent_dist` is then the joint of `sample`'s structure and `dynamics_sample`'s dynamics (training with a
+        transformed clip there, e.g. `train_vae --dynamics_colour_shuffle`).
 
         Training goes through here (not `encode`/`decode`) so that a DDP wrapper sees the whole computation;
         it is also the only path where the Q-Former dropout acts (in train mode).
         """
         self._check_video(sample)
-        posterior = self._posterior(sample, qformer_dropout=True).latent_dist
+        if dynamics_sample is None:
+            posterior = self._posterior(sample, qformer_dropout=True).latent_dist
+        else:
+            if dynamics_sample.shape != sample.shape:
+                raise ValueError(f"dynamics_sample must have sample's shape {tuple(sample.shape)}, got "
+                                 f"{tuple(dynamics_sample.shape)}")
+            self._check_video(dynamics_sample)
+            # One encoder pass over both clips (one batch: what a GPU runs best); the structure of the first
+            # half, the dynamics of the second.
+            both = self._posterior(torch.cat([sample, dynamics_sample]), qformer_dropout=True)
+            b = sample.shape[0]
+            posterior = self._joint_posterior(both.structure_dist.parameters[:b],
+                                              both.dynamics_dist.parameters[b:]).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         # No input checks on z here: a diverging training run must reach its loss check, not stop at the latent.
         video = self._decode_batch(z, part, sample.shape[2])

@@ -76,6 +76,11 @@ class TrainVAEConfig(RunConfig):
                 "average were the latent in every frame) is added to the KL with this factor, so what stays constant "
                 "over the clip (an object's look and place) costs more in the dynamics than in the structure, while "
                 "what changes from frame to frame (fast motion) does not; 0 (default) is the original's KL"})
+    dynamics_colour_shuffle: bool = field(default=False, metadata={
+        "help": "encode the dynamics from the clip with its RGB channels in a random order (per clip and step) and "
+                "reconstruct the clip as it is: the dynamics cannot tell the decoder the colours, so the structure "
+                "keeps the object's look and the dynamics only what survives the shuffle (motion, brightness); "
+                "costs a second encoder pass. Not the original's (its dynamics carry colour); false (default): off"})
     perceptual_weight: float = 0.05
     lpips_vgg_path: str | None = field(default=None, metadata={"help": "torchvision vgg16 state dict (.pth/.safetensors)"})
     lpips_lin_path: str | None = field(default=None, metadata={"help": "LPIPS vgg.pth linear layers"})
@@ -241,6 +246,12 @@ def dynamics_static_kl(joint, num_structure: int, dynamics_shape: tuple[int, int
     return 0.5 * mean.shape[2] * mean.mean(2).pow(2).sum((1, 2))
 
 
+def shuffle_colours(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) -> the same clips, each with its colour channels in a random order of its own."""
+    order = torch.stack([torch.randperm(video.shape[1], device=video.device) for _ in range(video.shape[0])])
+    return video.gather(1, order[:, :, None, None, None].expand_as(video))
+
+
 def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_optimization: tuple,
                discriminator_optimization: tuple, video: torch.Tensor, step: int, config: TrainVAEConfig) -> dict:
     """One micro-batch `video` (B, 3, T, H, W) in [-1, 1] at optimizer step `step`: the autoencoder's update (and the
@@ -249,7 +260,9 @@ def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_
     optimizer, logvar_optimizer, lr_scheduler = generator_optimization
     with accelerator.accumulate(vae, discriminator):
         with accelerator.autocast():
-            output = vae(video, sample_posterior=True)  # through the wrapper, so DDP syncs gradients
+            dynamics_video = shuffle_colours(video) if config.dynamics_colour_shuffle else None
+            # Through the wrapper, so DDP syncs gradients.
+            output = vae(video, sample_posterior=True, dynamics_sample=dynamics_video)
             kl = output.latent_dist.kl()  # (B,): the structure's and the dynamics' KL summed
             model = accelerator.unwrap_model(vae)
             num_structure = math.prod(model.structure_latent_shape)

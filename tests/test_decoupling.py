@@ -108,8 +108,15 @@ def test_table_tells_which_clip_each_factor_came_from(probes_and_clips):
     row = copies_a["rows"]["reenactment"]
     assert row["content_A"] >= 0.9 and row["drift_A"] >= 0.9 and row["fast_A"] >= 0.9 and row["goal"] <= 0.1
     assert copies_a["rows"]["dynamics"]["fast_B"] >= 0.9  # the stub's dynamics-only decode is B
-    row = evaluate_decoupling(_StubAutoencoder("B"), probes, clips, num_pairs=40)["rows"]["reenactment"]
+    copies_b = evaluate_decoupling(_StubAutoencoder("B"), probes, clips, num_pairs=40)
+    row = copies_b["rows"]["reenactment"]
     assert row["content_B"] >= 0.9 and row["drift_B"] >= 0.9 and row["fast_B"] >= 0.9 and row["goal"] <= 0.1
+    # Per fast motion of B, what C shows: B's own when C is B; never B's when C is A (pairs differ in fast motion).
+    for report, own in ((copies_b, True), (copies_a, False)):
+        confusion = report["reenactment_fast_motion_by_B"]
+        assert sum(sum(counts.values()) for counts in confusion.values()) == 40
+        on_diagonal = sum(counts[motion] for motion, counts in confusion.items())
+        assert on_diagonal >= 36 if own else on_diagonal <= 4
 
 
 class _Reconstructs:

@@ -399,9 +399,13 @@ def evaluate_decoupling(vae, probes: FactorProbes, clips: EmbeddedClips, num_pai
                "fast_A": np.mean(got_fast == fast[a]), "fast_B": np.mean(got_fast == fast[b]),
                "goal": np.mean((got_content == content[a]) & drift_a & (got_fast == fast[b]))}
         rows[key] = {"title": title, **{name: float(value) for name, value in row.items()}}
+        if key == "reenactment":
+            # Which fast motion C shows, per fast motion of B: where the transfer fails, and to what.
+            fast_confusion = {motion: {read_as: int(np.sum((fast[b] == motion) & (got_fast == read_as)))
+                                       for read_as in FAST_MOTIONS} for motion in FAST_MOTIONS if np.any(fast[b] == motion)}
     scores = psnr(to_unit_range(decodes["reconstruction"]), to_unit_range(clips.videos))
     return {"num_pairs": len(pairs), "num_clips": len(clips.contents), "psnr": float(scores.mean()), "rows": rows,
-            "probes": probes.checks,
+            "reenactment_fast_motion_by_B": fast_confusion, "probes": probes.checks,
             "read_out": "content and fast motion: linear probes on clip_statistics fitted on real train clips; drift: "
                         "global optical flow, A's when nearer A's than B's (as read off the real clips)"}
 
@@ -415,6 +419,9 @@ def format_decoupling(report: dict) -> str:
              f"{'decode':<{width}}  " + "  ".join(f"{c:>9}" for c in columns)]
     for row in report["rows"].values():
         lines.append(f"{row['title']:<{width}}  " + "  ".join(f"{100 * row[c]:8.1f}%" for c in columns))
+    lines.append("C's fast motion read as, per fast motion of B: " + "; ".join(
+        f"{motion}: " + ", ".join(f"{read_as} {count}" for read_as, count in counts.items())
+        for motion, counts in report["reenactment_fast_motion_by_B"].items()))
     checks = report["probes"]
     lines.append("goal: A's content and drift with B's fast motion. Read-outs on real held-out clips: content "
                  f"{100 * checks['content']['test_accuracy']:.1f}%, fast motion {100 * checks['fast']['test_accuracy']:.1f}%, "

@@ -91,3 +91,16 @@ def test_trainers_run_data_parallel_with_the_config_s_global_batch(monkeypatch, 
     monkeypatch.setattr(subprocess, "run", lambda command, env: subprocess.CompletedProcess(command, 1))
     with pytest.raises(RuntimeError, match="failed in 2 processes .* rerun the demo to resume"):
         demo.run_trainer(train_vae, config, [], num_processes=2)
+
+
+def test_the_colour_shuffle_flag_reaches_the_autoencoder_s_trainer(monkeypatch, tmp_path):
+    from vidtwin_gen import demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_trainer", lambda module, config, arguments, num_processes: calls.append(arguments))
+    monkeypatch.setattr(demo, "replace_directory", lambda source, target: None)
+    for flags in ([], ["--dynamics-colour-shuffle"]):
+        args = demo.build_parser().parse_args(["--output-dir", str(tmp_path), *flags])
+        demo.train_autoencoder(tmp_path, tmp_path / "data", args)
+    assert "--dynamics_colour_shuffle" not in calls[0]
+    assert calls[1][calls[1].index("--dynamics_colour_shuffle") + 1] == "true"

@@ -75,6 +75,12 @@ CONFIGS = {
     # The structure now carries the colours alone: twice its channels (d_S 8; 2,048 latent numbers).
     "colour_shuffle_structure_d8": ("the dynamics encoded from the colour-shuffled clip; d_S 8",
                                     ["--dynamics_colour_shuffle", "true", "--model.structure_channels", "8"]),
+    # With the colour gone from the dynamics, what they still carry of the object is its silhouette, which the
+    # structure has too and which deforms a reenactment's object: price it (the dynamics' average over time, or all).
+    "colour_shuffle_dynstatic100": ("the dynamics encoded from the colour-shuffled clip; their average over time priced 100x",
+                                    ["--dynamics_colour_shuffle", "true", "--dynamics_static_kl_scale", "100"]),
+    "colour_shuffle_dynkl10": ("the dynamics encoded from the colour-shuffled clip; their KL 10x",
+                               ["--dynamics_colour_shuffle", "true", "--dynamics_kl_scale", "10"]),
     "structure_4q_colour_shuffle": ("n_q 4, the dynamics encoded from the clip with shuffled colour channels",
                                     ["--model.num_queries", "4", "--dynamics_colour_shuffle", "true"]),
 }

@@ -14,7 +14,9 @@ OUT/study.json.
 The levers (VIDTWIN.md sections 2-4): the structure path's temporal capacity is its number of Q-Former queries
 n_q, the frames its decoder interpolates between (16 frames at 8 fps are 2 s: 2 queries cannot follow a 1 Hz
 motion, 8 can); the dynamics path keeps every frame but averages space away, with d_D channels per frame and
-row/column (`dynamics_down_blocks` 0 keeps the full 4x4 grid's rows and columns, 1 halves them); KL weight.
+row/column (`dynamics_down_blocks` 0 keeps the full 4x4 grid's rows and columns, 1 halves them); KL weight. Not the
+original's: train_vae's KL price per part (`dynamics_kl_scale`, `dynamics_static_kl_scale`) and the dynamics encoded
+from a colour-shuffled clip (`dynamics_colour_shuffle`).
 """
 
 import argparse
@@ -62,12 +64,14 @@ CONFIGS = {
     # At 1000x the 8 queries take up the fast motion; 4 follow it less well.
     "structure_4q_dynstatic1000": ("n_q 4, the dynamics' average over time priced 1000x",
                                    ["--model.num_queries", "4", "--dynamics_static_kl_scale", "1000"]),
-    # The dynamics encoded from a colour-shuffled clip cannot carry the object's colour; 2 queries cannot carry the
-    # fast motion.
+    # The dynamics encoded from a colour-shuffled clip cannot tell the decoder the object's colour: the structure
+    # has to. Fewer queries follow the fast motion less well.
     "colour_shuffle": ("the dynamics encoded from the clip with shuffled colour channels",
                        ["--dynamics_colour_shuffle", "true"]),
     "structure_2q_colour_shuffle": ("n_q 2, the dynamics encoded from the clip with shuffled colour channels",
                                     ["--model.num_queries", "2", "--dynamics_colour_shuffle", "true"]),
+    "structure_4q_colour_shuffle": ("n_q 4, the dynamics encoded from the clip with shuffled colour channels",
+                                    ["--model.num_queries", "4", "--dynamics_colour_shuffle", "true"]),
     # The structure's KL 10x dearer (the dynamics' as before): following the fast motion costs the structure more.
     "colour_shuffle_structure_kl10": ("the dynamics encoded from the colour-shuffled clip; the structure's KL 10x",
                                       ["--dynamics_colour_shuffle", "true", "--kl_weight", "1e-2",
@@ -81,8 +85,6 @@ CONFIGS = {
                                     ["--dynamics_colour_shuffle", "true", "--dynamics_static_kl_scale", "100"]),
     "colour_shuffle_dynkl10": ("the dynamics encoded from the colour-shuffled clip; their KL 10x",
                                ["--dynamics_colour_shuffle", "true", "--dynamics_kl_scale", "10"]),
-    "structure_4q_colour_shuffle": ("n_q 4, the dynamics encoded from the clip with shuffled colour channels",
-                                    ["--model.num_queries", "4", "--dynamics_colour_shuffle", "true"]),
 }
 
 

@@ -482,4 +482,7 @@ def finish(accelerator: Accelerator, ema: EMAModel | None, model: torch.nn.Modul
             export(partial(save, whole), destination)
     if accelerator.is_main_process:
         logger.info("saved %s (%d unreadable video(s) skipped in total)", destination, num_skipped)
+    # Every process tears its process group down together: one that left while the main process was still exporting
+    # was seen to abort in gloo's teardown ("terminate called without an active exception"; once, in a CI run).
+    accelerator.wait_for_everyone()
     accelerator.end_training()

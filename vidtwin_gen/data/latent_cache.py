@@ -243,6 +243,28 @@ def _assemble_shards(shards_dir: Path, num_shards: int, output_dir: Path, source
     return datasets.load_from_disk(str(output_dir / DATA_DIR)), num_skipped
 
 
+def _check_encode_arguments(batch_size: int, shard_size: int, clips_per_video: int, chunks_per_clip: int) -> None:
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
+    if isinstance(chunks_per_clip, bool) or not isinstance(chunks_per_clip, int) or chunks_per_clip < 1:
+        raise ValueError(f"chunks_per_clip must be an integer >= 1, got {chunks_per_clip!r}")
+    if chunks_per_clip > 1 and clips_per_video != 1:
+        raise ValueError(f"chunks_per_clip={chunks_per_clip} reads each video's consecutive chunks from its start: "
+                         f"it needs clips_per_video=1, got {clips_per_video}")
+
+
+def _clips_to_encode(data_root, split: int, subset: str, sample_shape: tuple[int, int, int, int],
+                     target_fps: float | None, clips_per_video: int,
+                     chunks_per_clip: int) -> UCF101Clips | UCF101Chunks:
+    """The split's clips (clips_per_video per video) or, for a long-video cache, each video's consecutive chunks."""
+    _, num_frames, height, width = sample_shape
+    if chunks_per_clip > 1:
+        return UCF101Chunks(data_root, split, subset, num_frames=num_frames, size=(height, width),
+                            target_fps=target_fps, max_chunks=chunks_per_clip)
+    return UCF101Clips(data_root, split, subset, num_frames=num_frames, size=(height, width), target_fps=target_fps,
+                       train=False, clips_per_video=clips_per_video)
+
+
 def encode_dataset(
     vae,
     data_root,
@@ -280,21 +302,9 @@ def encode_dataset(
     Returns:
         `output_dir`, to give `load_latent_cache`.
     """
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
-    if isinstance(chunks_per_clip, bool) or not isinstance(chunks_per_clip, int) or chunks_per_clip < 1:
-        raise ValueError(f"chunks_per_clip must be an integer >= 1, got {chunks_per_clip!r}")
-    if chunks_per_clip > 1 and clips_per_video != 1:
-        raise ValueError(f"chunks_per_clip={chunks_per_clip} reads each video's consecutive chunks from its start: "
-                         f"it needs clips_per_video=1, got {clips_per_video}")
+    _check_encode_arguments(batch_size, shard_size, clips_per_video, chunks_per_clip)
     vae, vae_path = _load_vae(vae, device)
-    _, num_frames, height, width = vae.sample_shape
-    if chunks_per_clip > 1:
-        clips = UCF101Chunks(data_root, split, subset, num_frames=num_frames, size=(height, width),
-                             target_fps=target_fps, max_chunks=chunks_per_clip)
-    else:
-        clips = UCF101Clips(data_root, split, subset, num_frames=num_frames, size=(height, width),
-                            target_fps=target_fps, train=False, clips_per_video=clips_per_video)
+    clips = _clips_to_encode(data_root, split, subset, vae.sample_shape, target_fps, clips_per_video, chunks_per_clip)
     output_dir = Path(output_dir)
     manifest = {
         "data_root": str(Path(data_root).resolve()), "split": split, "subset": subset, "target_fps": target_fps,

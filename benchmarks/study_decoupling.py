@@ -16,7 +16,7 @@ n_q, the frames its decoder interpolates between (16 frames at 8 fps are 2 s: 2 
 motion, 8 can); the dynamics path keeps every frame but averages space away, with d_D channels per frame and
 row/column (`dynamics_down_blocks` 0 keeps the full 4x4 grid's rows and columns, 1 halves them); KL weight. Not the
 original's: train_vae's KL price per part (`dynamics_kl_scale`, `dynamics_static_kl_scale`) and the dynamics encoded
-from a colour-shuffled clip (`dynamics_colour_shuffle`).
+from a colour-shuffled clip (`dynamics_colour_shuffle`), moved by a few pixels (`dynamics_spatial_jitter`).
 """
 
 import argparse
@@ -85,6 +85,10 @@ CONFIGS = {
                                     ["--dynamics_colour_shuffle", "true", "--dynamics_static_kl_scale", "100"]),
     "colour_shuffle_dynkl10": ("the dynamics encoded from the colour-shuffled clip; their KL 10x",
                                ["--dynamics_colour_shuffle", "true", "--dynamics_kl_scale", "10"]),
+    # With the colour gone, the dynamics still paint B's outline where B's object is; moved by a few pixels (half a
+    # patch) they cannot tell the decoder where the outline is, so the structure keeps place and shape.
+    "colour_shuffle_jitter4": ("the dynamics encoded from the colour-shuffled clip moved by up to 4 pixels",
+                               ["--dynamics_colour_shuffle", "true", "--dynamics_spatial_jitter", "4"]),
 }
 
 

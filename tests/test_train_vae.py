@@ -258,9 +258,38 @@ def test_shuffle_colours_reorders_each_clips_channels_on_its_own():
     assert len(orders) > 1
 
 
-def test_the_colour_shuffle_option_feeds_the_dynamics_a_shuffled_clip(embedded_root, tmp_path, monkeypatch):
+def test_shift_clips_moves_each_clip_by_an_offset_of_its_own_within_the_limit():
+    from vidtwin_gen.training.train_vae import shift_clips
+
+    torch.manual_seed(0)
+    video = torch.rand(32, 3, 4, 8, 8)
+    offsets = set()
+    for clip, result in zip(video, shift_clips(video, 2)):
+        # One offset for the whole clip: all its frames and channels move together.
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(result, clip.roll((dy, dx), dims=(-2, -1)))]
+        assert len(matches) == 1
+        offsets.add(matches[0])
+    assert len(offsets) > 5
+
+
+def _transforms(max_pixels: int, colours: bool) -> list:
+    """Every (channel order, (dy, dx) offset) the options allow."""
     from itertools import permutations
 
+    orders = permutations(range(3)) if colours else [(0, 1, 2)]
+    steps = range(-max_pixels, max_pixels + 1)
+    return [(list(order), (dy, dx)) for order in orders for dy in steps for dx in steps]
+
+
+@pytest.mark.parametrize("options, transforms", [
+    ({}, None),
+    ({"dynamics_colour_shuffle": "true"}, _transforms(0, colours=True)),
+    ({"dynamics_spatial_jitter": 2}, _transforms(2, colours=False)),
+    ({"dynamics_colour_shuffle": "true", "dynamics_spatial_jitter": 1}, _transforms(1, colours=True)),
+])
+def test_the_dynamics_options_feed_the_dynamics_a_transformed_clip(embedded_root, tmp_path, monkeypatch, options,
+                                                                  transforms):
     from vidtwin_gen.models.autoencoder_vidtwin import AutoencoderVidTwin as Model
 
     seen = []
@@ -268,12 +297,19 @@ def test_the_colour_shuffle_option_feeds_the_dynamics_a_shuffled_clip(embedded_r
     monkeypatch.setattr(Model, "forward", lambda self, sample, *a, dynamics_sample=None, **k: (
         seen.append((sample, dynamics_sample)), forward(self, sample, *a, dynamics_sample=dynamics_sample, **k))[1])
     args = dict(max_train_steps=2, disc_start=100, use_ema=False)
-    assert main(arguments(embedded_root, tmp_path / "shuffled", dynamics_colour_shuffle="true", **args)) == 0
+    assert main(arguments(embedded_root, tmp_path / "run", **options, **args)) == 0
     assert len(seen) == 2
+    if transforms is None:
+        assert [dynamics_sample for _, dynamics_sample in seen] == [None, None]
+        return
     for sample, dynamics_sample in seen:
-        # The dynamics' clip is the same clip, each with its colour channels in some order.
-        for clip, shuffled in zip(sample, dynamics_sample):
-            assert any(torch.equal(shuffled, clip[list(order)]) for order in permutations(range(3)))
-    seen.clear()
-    assert main(arguments(embedded_root, tmp_path / "plain", **args)) == 0
-    assert [dynamics_sample for _, dynamics_sample in seen] == [None, None]
+        # Each dynamics clip is its clip with the colour channels in some order, moved by some offset.
+        for clip, transformed in zip(sample, dynamics_sample):
+            assert any(torch.equal(transformed, clip[order].roll(offset, dims=(-2, -1))) for order, offset in transforms)
+    # ... and not all of them the identity (a chance of at most (1/6)^4 with 4 clips).
+    assert not all(torch.equal(sample, dynamics_sample) for sample, dynamics_sample in seen)
+
+
+def test_a_negative_dynamics_jitter_is_refused(embedded_root, tmp_path):
+    with pytest.raises(ValueError, match="dynamics_spatial_jitter must be >= 0"):
+        main(arguments(embedded_root, tmp_path / "negative", dynamics_spatial_jitter=-1, max_train_steps=1))

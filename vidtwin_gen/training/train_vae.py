@@ -81,6 +81,12 @@ class TrainVAEConfig(RunConfig):
                 "reconstruct the clip as it is: the dynamics cannot tell the decoder the colours, so the structure "
                 "keeps the object's look and the dynamics only what survives the shuffle (motion, brightness); "
                 "costs a second encoder pass. Not the original's (its dynamics carry colour); false (default): off"})
+    dynamics_spatial_jitter: int = field(default=0, metadata={
+        "help": "encode the dynamics from the clip moved by a random whole number of pixels, up to this many along "
+                "each axis (per clip and step, the same for all its frames, wrapping around the edges; after the "
+                "colour shuffle when both are on): the dynamics cannot tell the decoder where the object is to the "
+                "pixel, so the structure keeps its place and outline, while motion survives the shift. Costs a "
+                "second encoder pass (one for both options). Not the original's; 0 (default): off"})
     perceptual_weight: float = 0.05
     lpips_vgg_path: str | None = field(default=None, metadata={"help": "torchvision vgg16 state dict (.pth/.safetensors)"})
     lpips_lin_path: str | None = field(default=None, metadata={"help": "LPIPS vgg.pth linear layers"})
@@ -122,6 +128,8 @@ def build_loss(config: TrainVAEConfig) -> VidTwinLoss:
         raise ValueError(f"dynamics_kl_scale must be >= 0 (1: one KL weight for both parts), got {config.dynamics_kl_scale}")
     if not config.dynamics_static_kl_scale >= 0:
         raise ValueError(f"dynamics_static_kl_scale must be >= 0 (0: off), got {config.dynamics_static_kl_scale}")
+    if config.dynamics_spatial_jitter < 0:
+        raise ValueError(f"dynamics_spatial_jitter must be >= 0 pixels (0: off), got {config.dynamics_spatial_jitter}")
     return VidTwinLoss(
         disc_start=config.disc_start, kl_weight=config.kl_weight, perceptual_weight=config.perceptual_weight,
         disc_weight=config.disc_weight, lpips_vgg_path=config.lpips_vgg_path, lpips_lin_path=config.lpips_lin_path,
@@ -252,6 +260,22 @@ def shuffle_colours(video: torch.Tensor) -> torch.Tensor:
     return video.gather(1, order[:, :, None, None, None].expand_as(video))
 
 
+def shift_clips(video: torch.Tensor, max_pixels: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> the same clips, each rolled over its frames' rows and columns by its own random offset
+    in [-max_pixels, max_pixels] along each axis."""
+    offsets = torch.randint(-max_pixels, max_pixels + 1, (video.shape[0], 2)).tolist()
+    return torch.stack([clip.roll(offset, dims=(-2, -1)) for clip, offset in zip(video, offsets)])
+
+
+def dynamics_clips(video: torch.Tensor, config: TrainVAEConfig) -> torch.Tensor | None:
+    """What the dynamics are encoded from in training: `video` transformed as the config asks, or None (itself)."""
+    if config.dynamics_colour_shuffle:
+        video = shuffle_colours(video)
+    if config.dynamics_spatial_jitter:
+        video = shift_clips(video, config.dynamics_spatial_jitter)
+    return video if config.dynamics_colour_shuffle or config.dynamics_spatial_jitter else None
+
+
 def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_optimization: tuple,
                discriminator_optimization: tuple, video: torch.Tensor, step: int, config: TrainVAEConfig) -> dict:
     """One micro-batch `video` (B, 3, T, H, W) in [-1, 1] at optimizer step `step`: the autoencoder's update (and the
@@ -260,9 +284,8 @@ def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_
     optimizer, logvar_optimizer, lr_scheduler = generator_optimization
     with accelerator.accumulate(vae, discriminator):
         with accelerator.autocast():
-            dynamics_video = shuffle_colours(video) if config.dynamics_colour_shuffle else None
             # Through the wrapper, so DDP syncs gradients.
-            output = vae(video, sample_posterior=True, dynamics_sample=dynamics_video)
+            output = vae(video, sample_posterior=True, dynamics_sample=dynamics_clips(video, config))
             kl = output.latent_dist.kl()  # (B,): the structure's and the dynamics' KL summed
             model = accelerator.unwrap_model(vae)
             num_structure = math.prod(model.structure_latent_shape)

@@ -269,11 +269,13 @@ def shift_clips(video: torch.Tensor, max_pixels: int) -> torch.Tensor:
 
 def dynamics_clips(video: torch.Tensor, config: TrainVAEConfig) -> torch.Tensor | None:
     """What the dynamics are encoded from in training: `video` transformed as the config asks, or None (itself)."""
+    if not (config.dynamics_colour_shuffle or config.dynamics_spatial_jitter):
+        return None
     if config.dynamics_colour_shuffle:
         video = shuffle_colours(video)
     if config.dynamics_spatial_jitter:
         video = shift_clips(video, config.dynamics_spatial_jitter)
-    return video if config.dynamics_colour_shuffle or config.dynamics_spatial_jitter else None
+    return video
 
 
 def train_step(accelerator, vae, discriminator, loss_fn: VidTwinLoss, generator_optimization: tuple,

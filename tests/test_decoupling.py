@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from vidtwin_gen import AutoencoderVidTwin
-from vidtwin_gen.data.embedded import CLASSES
+from vidtwin_gen.data.embedded import CLASSES, motion_shows
 from vidtwin_gen.evaluation.decoupling import (
     _decodes,
+    choose_pairs,
     evaluate_decoupling,
     load_embedded_clips,
     main,
@@ -71,6 +72,20 @@ def test_score_factors_against_right_and_wrong_factors(probes_and_clips):
     with pytest.raises(ValueError, match="at least one"):
         score_factors(probes, clips.videos)
 
+
+
+def test_pairs_differ_in_every_factor_and_can_show_their_answer(probes_and_clips):
+    probes, clips = probes_and_clips
+    drift = probes.read(clips.videos)["drift"]
+    every = choose_pairs(clips, drift, num_pairs=10_000, min_separation=0.1)
+    contents, motions = clips.contents, clips.fast_motions
+    expected = [(a, b) for a in range(20) for b in range(20) if contents[a] != contents[b]
+                and motions[a] != motions[b] and np.linalg.norm(drift[a] - drift[b]) >= 0.1]
+    left_out = [(a, b) for a, b in expected if contents[a] == "BlueCircle" and motions[b] == "spin"]
+    assert left_out and every == [pair for pair in expected if pair not in left_out]
+    assert all(motion_shows(contents[a], motions[b]) for a, b in every)
+    some = choose_pairs(clips, drift, num_pairs=15, seed=3)
+    assert len(some) == 15 and set(some) <= set(every) and some != choose_pairs(clips, drift, num_pairs=15, seed=4)
 
 class _StubAutoencoder:
     """Latent = the clip itself, twice; a full decode returns the structure half (`reenact_gives="A"`) or the

@@ -9,7 +9,18 @@ import av
 import numpy as np
 import pytest
 
-from vidtwin_gen.data.embedded import CLASSES, CONTENTS, FAST_MOTIONS, drift_offset, main, make_embedded_dataset
+from vidtwin_gen.data.embedded import (
+    CLASSES,
+    CONTENTS,
+    FAST_MOTIONS,
+    EmbeddedClass,
+    _render,
+    _scene,
+    drift_offset,
+    main,
+    make_embedded_dataset,
+    motion_shows,
+)
 from vidtwin_gen.data.ucf101 import load_ucf101
 from vidtwin_gen.data.video_folder import load_video_folder
 
@@ -30,6 +41,20 @@ def test_ten_classes_cross_content_with_fast_motion():
     assert not any(cls.shape == "circle" and cls.motion == "spin" for cls in CLASSES)  # a spinning disc looks still
     assert all(re.fullmatch(r"(?:[A-Z][a-z]+)+", cls.name) for cls in CLASSES)  # CamelCase like UCF-101
 
+
+
+def test_a_spin_shows_on_every_content_but_the_circle():
+    # Rendered with and without its spin (the drift alone), each shape differs unless it is a circle.
+    rng = np.random.default_rng(0)
+    motion = {"drift_radius": 0.09, "drift_period": 7.0, "drift_direction": 1, "drift_phase": 0.0, "turns_per_s": 0.4}
+    for content, (colour, shape) in CONTENTS.items():
+        cls = EmbeddedClass(content + "Spin", colour, shape, "spin")
+        scene = _scene(rng, cls, 48, 48)
+        spun = _render(cls, scene, motion, 8, 8.0, 48, 48, 0.0, rng).astype(float)
+        still = _render(cls, scene, {**motion, "turns_per_s": 0.0}, 8, 8.0, 48, 48, 0.0, rng).astype(float)
+        difference = np.abs(spun - still).max()
+        assert motion_shows(content, "spin") == (difference > 30), (content, difference)
+        assert motion_shows(content, "bounce") and motion_shows(content, "flicker")
 
 def test_default_videos_hold_four_chunks_at_8_fps():
     # Four consecutive 16-frame chunks at 8 fps (every 3rd frame at 25 fps) need 3 * 63 + 1 = 190 frames.

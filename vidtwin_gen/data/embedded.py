@@ -92,6 +92,12 @@ CLASSES = tuple(
 )
 
 
+def motion_shows(content: str, motion: str) -> bool:
+    """Whether the fast `motion` changes how `content` looks: a spin leaves a circle as it was, so no clip (real,
+    reconstructed or reenacted) can show a spinning circle, and no read-out can expect one."""
+    return not (CONTENTS[content][1] == "circle" and motion == "spin")
+
+
 def _scene(rng: np.random.Generator, cls: EmbeddedClass, height: int, width: int) -> dict:
     """Per-group appearance: background palette and texture, object size, place and shade."""
     base = rng.uniform(60, 140)

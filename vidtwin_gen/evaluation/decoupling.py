@@ -6,6 +6,7 @@ Every embedded clip has a content (shape + colour), a slow drift of the whole sc
 the object (spin, bounce, flicker; see `data/embedded.py`). VidTwin's claim, made measurable: a
 cross-reenactment C = decode(structure of A, dynamics of B) keeps A's content and A's slow drift and takes B's
 fast motion; a structure-only decode keeps content and drift; a dynamics-only decode carries the fast motion.
+Pairs whose answer no decode could show (A's plain circle with B's spin, `embedded.motion_shows`) are left out.
 
 **The probes** read each factor off a clip from hand-made statistics, not from I3D features: the factors are
 defined by colour, position and brightness over time, which such statistics measure directly, on 32x32 clips
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.embedded import CLASSES, CONTENTS, FAST_MOTIONS, drift_offset
+from ..data.embedded import CLASSES, CONTENTS, FAST_MOTIONS, drift_offset, motion_shows
 from ..data.ucf101 import UCF101Clips
 from ..data.video_io import sample_frame_indices
 from .class_probe import ClassProbe, fit_class_probe, fit_probe_with_test, reconstructed_clips
@@ -333,15 +334,22 @@ def score_factors(probes: FactorProbes, videos, contents: list[str] | None = Non
     return report
 
 
+def _can_reenact(clips: EmbeddedClips, a: int, b: int) -> bool:
+    """A and B differ in content and fast motion, and B's fast motion shows on A's content."""
+    return (clips.contents[a] != clips.contents[b] and clips.fast_motions[a] != clips.fast_motions[b]
+            and motion_shows(clips.contents[a], clips.fast_motions[b]))
+
+
 def choose_pairs(clips: EmbeddedClips, drifts: np.ndarray, num_pairs: int, seed: int = 0,
                  min_separation: float = 0.1) -> list[tuple[int, int]]:
     """Ordered pairs (A, B) with different content, different fast motion and drifts (as read off the real
-    clips) at least `min_separation` frame heights apart; `num_pairs` of them drawn without replacement."""
+    clips) at least `min_separation` frame heights apart, whose reenactment can show its answer (B's fast motion
+    changes A's content: not A's circle with B's spin); `num_pairs` of them drawn without replacement."""
     candidates = [(a, b) for a in range(len(clips.contents)) for b in range(len(clips.contents))
-                  if clips.contents[a] != clips.contents[b] and clips.fast_motions[a] != clips.fast_motions[b]
-                  and np.linalg.norm(drifts[a] - drifts[b]) >= min_separation]
+                  if _can_reenact(clips, a, b) and np.linalg.norm(drifts[a] - drifts[b]) >= min_separation]
     if not candidates:
-        raise ValueError("no pair of held-out clips differs in content, fast motion and drift: use more classes")
+        raise ValueError("no pair of held-out clips differs in content, fast motion and drift with B's fast motion "
+                         "showing on A's content: use more classes")
     chosen = np.random.default_rng(seed).permutation(len(candidates))[:num_pairs]
     return [candidates[k] for k in sorted(chosen)]
 
@@ -531,13 +539,13 @@ def sheet_caption(report: dict, names: dict[str, str]) -> list[str]:
 
 
 def pick_sheet_pair(clips: EmbeddedClips) -> tuple[int, int]:
-    """A clip A and a clip B of another content and another fast motion, B spinning when possible (the fast
-    motion easiest to see)."""
+    """A clip A and a clip B of another content and another fast motion that shows on A's content, B spinning
+    when possible (the fast motion easiest to see)."""
     a = 0
-    others = [b for b in range(len(clips.contents))
-              if clips.contents[b] != clips.contents[a] and clips.fast_motions[b] != clips.fast_motions[a]]
+    others = [b for b in range(len(clips.contents)) if _can_reenact(clips, a, b)]
     if not others:
-        raise ValueError("the held-out clips hold no pair with different content and fast motion")
+        raise ValueError("the held-out clips hold no pair with different content and a different fast motion that "
+                         "shows on the first clip's content: use more classes")
     spinning = [b for b in others if clips.fast_motions[b] == "spin"]
     return a, (spinning or others)[0]
 

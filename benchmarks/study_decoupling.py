@@ -12,8 +12,9 @@ times are only comparable when nothing else shares the CPU). Prints a Markdown t
 OUT/study.json.
 
 The levers (VIDTWIN.md sections 2-4): the structure path's temporal capacity is its number of Q-Former queries
-n_q, the frames its decoder interpolates between (16 frames at 8 fps are 2 s: 2 queries cannot follow a 1 Hz
-motion, 8 can); the dynamics path keeps every frame but averages space away, with d_D channels per frame and
+n_q, which its decoder mixes into the 16 frames with a learned kernel-1 Conv1d over the query axis (n_q learned
+time profiles, not a fixed interpolation: fewer queries follow a motion less well, but even 2 can follow a 1 Hz
+one); the dynamics path keeps every frame but averages space away, with d_D channels per frame and
 row/column (`dynamics_down_blocks` 0 keeps the full 4x4 grid's rows and columns, 1 halves them); KL weight. Not the
 original's: train_vae's KL price per part (`dynamics_kl_scale`, `dynamics_static_kl_scale`) and the dynamics encoded
 from a colour-shuffled clip (`dynamics_colour_shuffle`), moved by a few pixels (`dynamics_spatial_jitter`).
@@ -89,6 +90,12 @@ CONFIGS = {
     # patch) they cannot tell the decoder where the outline is, so the structure keeps place and shape.
     "colour_shuffle_jitter4": ("the dynamics encoded from the colour-shuffled clip moved by up to 4 pixels",
                                ["--dynamics_colour_shuffle", "true", "--dynamics_spatial_jitter", "4"]),
+    # With the jitter the structure has to hold the object's place; with fewer queries (fewer learned time profiles
+    # for its 16 frames) it should follow a bounce less, leaving the bounce (relative motion, which the jitter keeps)
+    # to the dynamics.
+    "structure_4q_colour_shuffle_jitter4": (
+        "n_q 4, the dynamics encoded from the colour-shuffled clip moved by up to 4 pixels",
+        ["--model.num_queries", "4", "--dynamics_colour_shuffle", "true", "--dynamics_spatial_jitter", "4"]),
 }
 
 

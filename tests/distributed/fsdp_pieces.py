@@ -8,6 +8,7 @@ written by checkpointing.save_checkpoint and resumed.
 """
 
 import json
+import os
 import sys
 import tempfile
 from types import SimpleNamespace
@@ -121,7 +122,14 @@ def main(result_path: str) -> None:
             json.dump({"sharded": sharded, "reloaded_sharded": reloaded_sharded, "round_trip": round_trip,
                        "ema_error": ema_error, "weights_error": weights_error, "plain": plain,
                        "same_class": same_class, "resumed": resumed, "files": files, "num_processes": accelerator.num_processes}, file)
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Skip the interpreter's teardown: about one run in twenty, a thread of torch's CPU collectives is destroyed
+    # still joinable there and aborts the process ("terminate called without an active exception", rank 0
+    # SIGABRT) after everything above has run. A failure before this line still exits non-zero.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -73,7 +73,6 @@ def test_score_factors_against_right_and_wrong_factors(probes_and_clips):
         score_factors(probes, clips.videos)
 
 
-
 def test_pairs_differ_in_every_factor_and_can_show_their_answer(probes_and_clips):
     probes, clips = probes_and_clips
     drift = probes.read(clips.videos)["drift"]
@@ -86,6 +85,7 @@ def test_pairs_differ_in_every_factor_and_can_show_their_answer(probes_and_clips
     assert all(motion_shows(contents[a], motions[b]) for a, b in every)
     some = choose_pairs(clips, drift, num_pairs=15, seed=3)
     assert len(some) == 15 and set(some) <= set(every) and some != choose_pairs(clips, drift, num_pairs=15, seed=4)
+
 
 class _StubAutoencoder:
     """Latent = the clip itself, twice; a full decode returns the structure half (`reenact_gives="A"`) or the

@@ -42,7 +42,6 @@ def test_ten_classes_cross_content_with_fast_motion():
     assert all(re.fullmatch(r"(?:[A-Z][a-z]+)+", cls.name) for cls in CLASSES)  # CamelCase like UCF-101
 
 
-
 def test_a_spin_shows_on_every_content_but_the_circle():
     # Rendered with and without its spin (the drift alone), each shape differs unless it is a circle.
     rng = np.random.default_rng(0)
@@ -55,6 +54,7 @@ def test_a_spin_shows_on_every_content_but_the_circle():
         difference = np.abs(spun - still).max()
         assert motion_shows(content, "spin") == (difference > 30), (content, difference)
         assert motion_shows(content, "bounce") and motion_shows(content, "flicker")
+
 
 def test_default_videos_hold_four_chunks_at_8_fps():
     # Four consecutive 16-frame chunks at 8 fps (every 3rd frame at 25 fps) need 3 * 63 + 1 = 190 frames.

@@ -15,16 +15,15 @@ import numpy as np
 import torch
 
 from vidtwin_gen import VidTwinPipeline
-from vidtwin_gen.data.embedded import CLASSES, motion_shows
-from vidtwin_gen.evaluation.decoupling import probes_for_data_root, score_factors
+from vidtwin_gen.data.embedded import CLASSES
+from vidtwin_gen.evaluation.decoupling import can_reenact, probes_for_data_root, score_factors
 
 
 def other_class(content: str, fast: str, class_names: list[str], index: int) -> str:
     """A class of the pipeline with another content and another fast motion than (content, fast), one that shows
     on `content` (no spin for a circle), in turn."""
     by_name = {cls.name: cls for cls in CLASSES}
-    choices = [name for name in class_names if by_name[name].content != content and by_name[name].motion != fast
-               and motion_shows(content, by_name[name].motion)]
+    choices = [name for name in class_names if can_reenact(content, fast, by_name[name].content, by_name[name].motion)]
     return choices[index % len(choices)]
 
 

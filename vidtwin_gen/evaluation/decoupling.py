@@ -334,10 +334,10 @@ def score_factors(probes: FactorProbes, videos, contents: list[str] | None = Non
     return report
 
 
-def _can_reenact(clips: EmbeddedClips, a: int, b: int) -> bool:
-    """A and B differ in content and fast motion, and B's fast motion shows on A's content."""
-    return (clips.contents[a] != clips.contents[b] and clips.fast_motions[a] != clips.fast_motions[b]
-            and motion_shows(clips.contents[a], clips.fast_motions[b]))
+def can_reenact(content_a: str, fast_a: str, content_b: str, fast_b: str) -> bool:
+    """Whether a reenactment of A's structure with B's dynamics has an answer to read: A and B differ in content
+    and fast motion, and B's fast motion shows on A's content."""
+    return content_a != content_b and fast_a != fast_b and motion_shows(content_a, fast_b)
 
 
 def choose_pairs(clips: EmbeddedClips, drifts: np.ndarray, num_pairs: int, seed: int = 0,
@@ -345,8 +345,9 @@ def choose_pairs(clips: EmbeddedClips, drifts: np.ndarray, num_pairs: int, seed:
     """Ordered pairs (A, B) with different content, different fast motion and drifts (as read off the real
     clips) at least `min_separation` frame heights apart, whose reenactment can show its answer (B's fast motion
     changes A's content: not A's circle with B's spin); `num_pairs` of them drawn without replacement."""
-    candidates = [(a, b) for a in range(len(clips.contents)) for b in range(len(clips.contents))
-                  if _can_reenact(clips, a, b) and np.linalg.norm(drifts[a] - drifts[b]) >= min_separation]
+    factors = list(zip(clips.contents, clips.fast_motions))
+    candidates = [(a, b) for a in range(len(factors)) for b in range(len(factors))
+                  if can_reenact(*factors[a], *factors[b]) and np.linalg.norm(drifts[a] - drifts[b]) >= min_separation]
     if not candidates:
         raise ValueError("no pair of held-out clips differs in content, fast motion and drift with B's fast motion "
                          "showing on A's content: use more classes")
@@ -542,7 +543,8 @@ def pick_sheet_pair(clips: EmbeddedClips) -> tuple[int, int]:
     """A clip A and a clip B of another content and another fast motion that shows on A's content, B spinning
     when possible (the fast motion easiest to see)."""
     a = 0
-    others = [b for b in range(len(clips.contents)) if _can_reenact(clips, a, b)]
+    others = [b for b in range(len(clips.contents))
+              if can_reenact(clips.contents[a], clips.fast_motions[a], clips.contents[b], clips.fast_motions[b])]
     if not others:
         raise ValueError("the held-out clips hold no pair with different content and a different fast motion that "
                          "shows on the first clip's content: use more classes")

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from vidtwin_gen import AutoencoderVidTwin
-from vidtwin_gen.data.embedded import CLASSES, motion_shows
+from vidtwin_gen.data.embedded import CLASSES, CONTENTS, EmbeddedClass, _render, _scene, motion_shows
 from vidtwin_gen.evaluation.decoupling import (
     _decodes,
+    answer_clips,
     choose_pairs,
+    clip_statistics,
     evaluate_decoupling,
     load_embedded_clips,
     main,
@@ -57,6 +59,21 @@ def test_drift_read_out_follows_the_scene(probes_and_clips):
     still = probes.read(videos[:, :, :1].repeat(1, 1, 16, 1, 1))["drift"]
     assert np.allclose(backward, -forward, atol=0.03)
     assert np.abs(still).max() < 1e-3 and np.linalg.norm(forward, axis=1).min() > 0.05  # drifts are ~0.1-0.17
+
+
+def test_a_wobbling_outline_does_not_read_as_a_turn():
+    # An autoencoder unsure of a shape draws it a little turned one way, then the other: no spin, though each
+    # step turns the outline more than a spin's step does. The fast statistics' order-3 turning (a triangle's).
+    rng = np.random.default_rng(0)
+    cls = EmbeddedClass("GreenTriangleSpin", *CONTENTS["GreenTriangle"], "spin")
+    scene = _scene(rng, cls, 32, 32)
+    still = {"drift_radius": 0.0, "drift_period": 7.0, "drift_direction": 1, "drift_phase": 0.0, "turns_per_s": 0.0}
+    spin = _render(cls, scene, {**still, "turns_per_s": 0.3}, 16, FPS, 32, 32, 0.0, rng)
+    wobble = np.concatenate([_render(cls, {**scene, "angle": scene["angle"] + turn}, still, 1, FPS, 32, 32, 0.0, rng)
+                             for turn in 0.25 * (-1.0) ** np.arange(16)])
+    videos = torch.from_numpy(np.stack([spin, wobble])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    spin_turning, wobble_turning = clip_statistics(videos)["fast"][:, 5]
+    assert spin_turning > 0.5 and wobble_turning < 0.15 * spin_turning, (spin_turning, wobble_turning)
 
 
 def test_score_factors_against_right_and_wrong_factors(probes_and_clips):
@@ -116,6 +133,13 @@ class _StubAutoencoder:
         return SimpleNamespace(sample=half.reshape(-1, *self.shape))
 
 
+def test_the_answer_for_a_clip_with_itself_is_that_clip(probes_and_clips):
+    # Rendered at the clip's frames and read back like the held-out clips: the same clip, to the codec's rounding.
+    _, clips = probes_and_clips
+    answers = answer_clips(clips, [(0, 0), (7, 7)])
+    assert answers.shape == (2, 3, 16, *SIZE) and (answers - clips.videos[[0, 7]]).abs().mean() < 0.02
+
+
 def test_table_tells_which_clip_each_factor_came_from(probes_and_clips):
     probes, clips = probes_and_clips
     copies_a = evaluate_decoupling(_StubAutoencoder("A"), probes, clips, num_pairs=40)
@@ -123,6 +147,9 @@ def test_table_tells_which_clip_each_factor_came_from(probes_and_clips):
     row = copies_a["rows"]["reenactment"]
     assert row["content_A"] >= 0.9 and row["drift_A"] >= 0.9 and row["fast_A"] >= 0.9 and row["goal"] <= 0.1
     assert copies_a["rows"]["dynamics"]["fast_B"] >= 0.9  # the stub's dynamics-only decode is B
+    # A perfect autoencoder reconstructs each pair's rendered answer as it is, and the answer reads as the goal.
+    assert copies_a["rows"]["answer"]["goal"] >= 0.9 and copies_a["psnr_to_answer"]["reconstruction of the answer"] > 90
+    assert copies_a["psnr_to_answer"]["reenactment"] == copies_a["psnr_to_answer"]["reconstruction of A"] < 30
     copies_b = evaluate_decoupling(_StubAutoencoder("B"), probes, clips, num_pairs=40)
     row = copies_b["rows"]["reenactment"]
     assert row["content_B"] >= 0.9 and row["drift_B"] >= 0.9 and row["fast_B"] >= 0.9 and row["goal"] <= 0.1
@@ -179,7 +206,8 @@ def test_eval_decoupling_command_on_a_tiny_vae(vae_dir, data_root, tmp_path, cap
     assert "decoupling over 12 pairs" in out and "reenactment S(A) + D(B)" in out
     report = json.loads((tmp_path / "d.json").read_text())
     assert report["num_pairs"] == 12 and report["num_clips"] == 20
-    assert set(report["rows"]) == {"reconstruction", "structure", "dynamics", "reenactment"}
+    assert set(report["rows"]) == {"reconstruction", "structure", "dynamics", "reenactment", "answer"}
+    assert set(report["psnr_to_answer"]) == {"reenactment", "reconstruction of A", "reconstruction of the answer"}
     for row in report["rows"].values():
         assert all(0 <= row[key] <= 1 for key in ("content_A", "content_B", "drift_A", "fast_A", "fast_B", "goal"))
         assert row["drift_A"] + row["drift_B"] == pytest.approx(1)

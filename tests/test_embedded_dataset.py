@@ -20,6 +20,7 @@ from vidtwin_gen.data.embedded import (
     main,
     make_embedded_dataset,
     motion_shows,
+    render_reenactment_answer,
 )
 from vidtwin_gen.data.ucf101 import load_ucf101
 from vidtwin_gen.data.video_folder import load_video_folder
@@ -119,6 +120,27 @@ def test_same_seed_same_frames_other_seed_other_frames(embedded_root, tmp_path, 
     # Per-video seeding: the video is the same whatever the other classes and clips are.
     assert np.array_equal(_decode(Path(embedded_root) / relative), _decode(again / relative))
     assert not np.array_equal(_decode(again / relative), _decode(other / relative))
+
+
+def test_a_reenactments_answer_is_the_structure_videos_scene_with_the_dynamics_videos_fast_motion(embedded_root):
+    description = json.loads((Path(embedded_root) / "embedded_dataset.json").read_text())
+    a, b = "RedSquareSpin/v_RedSquareSpin_g02_c01.avi", "BlueCircleBounce/v_BlueCircleBounce_g01_c02.avi"
+    video_a = _decode(Path(embedded_root) / "UCF-101" / a).astype(float)
+    # The same video twice: the video as written (up to its codec).
+    assert np.abs(render_reenactment_answer(description, a, a) - video_a).mean() < 4
+    answer = render_reenactment_answer(description, a, b).astype(float)
+    # A's red object, never B's blue one, on A's background (compared away from both red objects).
+    red, blue = (answer[..., 0] > 150) & (answer[..., 2] < 100), (answer[..., 2] > 150) & (answer[..., 0] < 100)
+    assert red.mean() > 0.1 and not blue.any()
+    background = ~red & ~((video_a[..., 0] > 150) & (video_a[..., 2] < 100))
+    assert np.abs(answer - video_a)[background].mean() < 4
+    # B's bounce, not A's spin: the red object's height changes by B's amplitude (0.20-0.24 heights, plus A's
+    # drift); a spin keeps it within a few pixels.
+    rows = np.arange(answer.shape[1])
+    centre = [(rows * frame.sum(1)).sum() / frame.sum() for frame in red]
+    assert np.ptp(centre) > 0.2 * answer.shape[1], np.ptp(centre)
+    with pytest.raises(ValueError, match="not a video of this data set"):
+        render_reenactment_answer(description, a, "RedSquareSpin/v_RedSquareSpin_g09_c01.avi")
 
 
 def test_classes_differ_in_content(make_embedded):

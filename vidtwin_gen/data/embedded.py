@@ -150,8 +150,8 @@ def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray, radius: float) ->
 
 
 def _render(cls: EmbeddedClass, scene: dict, motion: dict, num_frames: int, fps: float, height: int, width: int,
-            grain: float, rng: np.random.Generator) -> np.ndarray:
-    """(T, H, W, 3) uint8."""
+            grain: float, rng: np.random.Generator, indices=None) -> np.ndarray:
+    """(T, H, W, 3) uint8: frames 0 to num_frames - 1, or those of `indices`."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     # Each wave a*sin(kx*x + ky*y + phase), kept as its sine and cosine so a shift is a cheap phase rotation.
     waves = [(a, kx, ky, np.sin(kx * xs + ky * ys + phase), np.cos(kx * xs + ky * ys + phase))
@@ -166,8 +166,9 @@ def _render(cls: EmbeddedClass, scene: dict, motion: dict, num_frames: int, fps:
 
     radius = scene["radius"]
     reach = 1.25 * radius + 2  # the object lies within this distance of its centre
-    frames = np.empty((num_frames, height, width, 3), np.uint8)
-    for index in range(num_frames):
+    indices = range(num_frames) if indices is None else indices
+    frames = np.empty((len(indices), height, width, 3), np.uint8)
+    for position, index in enumerate(indices):
         t = index / fps
         ox, oy = (height * offset for offset in drift_offset(motion, t))  # the slow drift moves everything
         image = background(ox, oy)
@@ -200,8 +201,45 @@ def _render(cls: EmbeddedClass, scene: dict, motion: dict, num_frames: int, fps:
             image[y0:y1, x0:x1] = box + alpha * (colour - box)
         if grain:
             image += grain * rng.standard_normal(image.shape, dtype=np.float32)
-        frames[index] = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+        frames[position] = np.clip(image + 0.5, 0, 255).astype(np.uint8)
     return frames
+
+
+def render_reenactment_answer(description: dict, structure_video: str, dynamics_video: str,
+                              frame_indices: list[int] | None = None) -> np.ndarray:
+    """The video a cross-reenactment should give, rendered: (num_frames, height, width, 3) uint8 at the set's fps.
+
+    Args:
+        description: the data set's `embedded_dataset.json`, loaded.
+        structure_video, dynamics_video: keys of its "videos" ("RedSquareSpin/v_RedSquareSpin_g01_c02.avi").
+        frame_indices: render only these frames of the video (a clip's), in this order; default all.
+
+    The answer has the structure video's scene (content, place, background) and slow drift and the dynamics
+    video's fast motion, kind and parameters: what VidTwin says a decode of the first's structure with the
+    second's dynamics shows. Given the same video twice it renders that video again (as written, before its
+    codec).
+    """
+    by_name = {cls.name: cls for cls in CLASSES}
+    class_index = {cls.name: number for number, cls in enumerate(CLASSES)}
+    videos = description["videos"]
+    for video in (structure_video, dynamics_video):
+        if video not in videos:
+            raise ValueError(f"{video!r} is not a video of this data set (keys of embedded_dataset.json's 'videos')")
+    name, group_clip = structure_video.split("/")[0], structure_video.rsplit("_g", 1)[1].removesuffix(".avi")
+    group, clip = (int(part) for part in group_clip.split("_c"))
+    structure, dynamics = by_name[name], by_name[dynamics_video.split("/")[0]]
+    seed = description["seed"]
+    scene = _scene(np.random.default_rng([seed, class_index[name], group]), structure, description["height"],
+                   description["width"])
+    motion = {key: value for key, value in videos[structure_video].items() if key.startswith("drift_")}
+    motion.update({key: value for key, value in videos[dynamics_video].items()
+                   if not key.startswith("drift_") and key not in ("content", "fast_motion")})
+    answer = EmbeddedClass(structure.content + dynamics.motion.capitalize(), structure.colour, structure.shape,
+                           dynamics.motion)
+    rng = np.random.default_rng([seed, class_index[name], group, clip])
+    _motion(rng, structure)  # the structure video's grain comes next in its stream
+    return _render(answer, scene, motion, description["num_frames"], description["fps"], description["height"],
+                   description["width"], description["grain"], rng, frame_indices)
 
 
 LAYOUTS = ("ucf101", "metadata")

@@ -24,8 +24,17 @@ read-out scales to hundreds of pairs, and each number means something one can ch
   the background pixels, Lucas-Kanade with a single global motion), summed over the clip: a 2-vector in frame
   heights. No fitting; "C has A's drift" when C's drift is nearer A's than B's;
 - **fast motion** (spin / bounce / flicker): the object's brightness and saturation swing, its up-down
-  oscillation relative to the drifting background, and how fast its silhouette's orientation moments turn,
-  read by a linear probe fitted on real train clips.
+  oscillation relative to the drifting background, and how steadily its silhouette's orientation moments turn,
+  read by a linear probe fitted on real train clips. The turning is the moments' frame-to-frame phase steps
+  averaged with their sign: a spin turns one way all clip long, while a blurred outline that wobbles (an
+  autoencoder's, where its shape is unsure) steps back and forth and averages out. The mean *size* of the
+  moments' change, the statistic before this one, read such a wobble as spin: B's bounce on A's triangle (a
+  combination the set never shows) read as spin even in the autoencoder's reconstruction of the answer below.
+
+**The answer.** The set is rendered from its factors, so the clip a reenactment should be can be rendered too:
+A's scene and drift with B's fast motion (`embedded.render_reenactment_answer`). The autoencoder's reconstruction
+of it, read like the decodes, is the most a reenactment can show through that autoencoder (a decode it cannot
+draw, it cannot draw from swapped latents either), and the reenactment's PSNR to it says how near C comes.
 
 `fit_factor_probes` checks each on the real held-out clips (and the drift against the truth written in
 `embedded_dataset.json`); `score_factors` reads videos against expected factors, which also scores the
@@ -42,9 +51,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.embedded import CLASSES, CONTENTS, FAST_MOTIONS, drift_offset, motion_shows
+from ..data.embedded import CLASSES, CONTENTS, FAST_MOTIONS, drift_offset, motion_shows, render_reenactment_answer
 from ..data.ucf101 import UCF101Clips
-from ..data.video_io import sample_frame_indices
+from ..data.video_io import load_clip, sample_frame_indices, write_video
 from .class_probe import ClassProbe, fit_class_probe, fit_probe_with_test, reconstructed_clips
 
 CONTENT_NAMES = tuple(CONTENTS)
@@ -107,6 +116,17 @@ def _symmetry_moments(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([cx, cy], 1), moments
 
 
+def _steady_turning(moments: np.ndarray) -> np.ndarray:
+    """(T, K) complex moments -> (K,): |weighted mean of sin(phase step)| over the clip, in [0, 1].
+
+    Each step m_t+1 * conj(m_t) has the moment's turn as its phase and is weighted by the moment's size, so a
+    shape whose symmetry is faint (a blurred blob) counts little; the sign is kept until the mean, so turns back
+    and forth cancel.
+    """
+    steps = moments[1:] * np.conj(moments[:-1])
+    return np.abs(steps.imag.sum(0)) / (np.abs(steps).sum(0) + 1e-6)
+
+
 def clip_statistics(videos) -> dict[str, np.ndarray]:
     """Hand-made statistics of (B, 3, T, H, W) clips in [-1, 1].
 
@@ -114,7 +134,7 @@ def clip_statistics(videos) -> dict[str, np.ndarray]:
         "content": (B, 3) the object's chromaticity (its mean colour over the clip, divided by its sum);
         "drift": (B, 2) the scene's translation over the clip in frame heights (x, y);
         "fast": (B, 7) the object's brightness and mass swing, its up-down and sideways oscillation against the
-            background, and how fast its moments of orders 2-4 turn.
+            background, and how steadily its moments of orders 2-4 turn (`_steady_turning`).
     """
     frames = _unit_frames(videos)
     height = frames.shape[2]
@@ -132,7 +152,7 @@ def clip_statistics(videos) -> dict[str, np.ndarray]:
         drift.append(scene[-1] / height)
         fast.append(np.concatenate([[brightness.std() / (brightness.mean() + 1e-6), mass.std() / (mass.mean() + 1e-6),
                                      relative[:, 1].std() / height, relative[:, 0].std() / height],
-                                    np.abs(np.diff(moments, axis=0)).mean(0)]))
+                                    _steady_turning(moments)]))
     return {"content": np.array(content), "drift": np.array(drift), "fast": np.array(fast)}
 
 
@@ -146,6 +166,11 @@ def _embedded_description(data_root) -> dict:
         raise ValueError(f"{path} predates per-video factors (no 'videos' entry): write the data set again with "
                          "`vidtwin-gen make-dataset --overwrite`")
     return description
+
+
+def _relative_path(path) -> str:
+    """A clip's video as embedded_dataset.json names it: "ClassName/v_ClassName_gXX_cYY.avi"."""
+    return Path(path).relative_to(Path(path).parents[1]).as_posix()
 
 
 def _factor_names(class_names: list[str]) -> tuple[list[str], list[str]]:
@@ -163,7 +188,8 @@ class EmbeddedClips:
     """Clips of one subset of an embedded data set at a model's size, with their factors.
 
     videos (N, 3, T, H, W) in [-1, 1]; contents, fast_motions: N names; true_drift: (N, 2) in frame heights, from
-    the data set's description (the truth the drift read-out is checked against).
+    the data set's description (the truth the drift read-out is checked against); paths: N video files; data_root
+    and fps: where and how they were read (None: not from a data set on disk).
     """
 
     videos: torch.Tensor
@@ -171,6 +197,8 @@ class EmbeddedClips:
     fast_motions: list[str]
     true_drift: np.ndarray
     paths: list[str] = field(default_factory=list)
+    data_root: str | None = None
+    fps: float | None = None
 
 
 def load_embedded_clips(data_root, subset: str, num_frames: int, size: tuple[int, int], fps: float, split: int = 1,
@@ -184,8 +212,7 @@ def load_embedded_clips(data_root, subset: str, num_frames: int, size: tuple[int
     contents, motions = _factor_names([dataset.class_names[item["label"]] for item in items])
     drifts = []
     for item in items:
-        relative = Path(item["path"]).relative_to(Path(item["path"]).parents[1]).as_posix()
-        motion = description["videos"][relative]
+        motion = description["videos"][_relative_path(item["path"])]
         source_fps = description["fps"]
         k = clips_per_video
         indices = sample_frame_indices(description["num_frames"], source_fps, num_frames, fps,
@@ -193,7 +220,7 @@ def load_embedded_clips(data_root, subset: str, num_frames: int, size: tuple[int
         first, last = (drift_offset(motion, index / source_fps) for index in (indices[0], indices[-1]))
         drifts.append((last[0] - first[0], last[1] - first[1]))
     return EmbeddedClips(torch.stack([item["video"] for item in items]), contents, motions, np.array(drifts),
-                         [item["path"] for item in items])
+                         [item["path"] for item in items], str(data_root), fps)
 
 
 @dataclass
@@ -355,6 +382,27 @@ def choose_pairs(clips: EmbeddedClips, drifts: np.ndarray, num_pairs: int, seed:
     return [candidates[k] for k in sorted(chosen)]
 
 
+def answer_clips(clips: EmbeddedClips, pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """Per pair (A, B), the clip its reenactment should be: A's scene and drift with B's fast motion, rendered
+    (`embedded.render_reenactment_answer`) at the frames of a centre clip (as `probes_for_data_root` reads the
+    held-out clips), encoded and read back through the same decoder and resize. (P, 3, T, H, W) in [-1, 1]."""
+    import tempfile
+
+    if clips.data_root is None:
+        raise ValueError("the clips hold no data_root: load them with load_embedded_clips to render their answers")
+    description = _embedded_description(clips.data_root)
+    _, _, num_frames, height, width = clips.videos.shape
+    indices = sample_frame_indices(description["num_frames"], description["fps"], num_frames, clips.fps, "center")
+    answers = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "answer.avi"
+        for a, b in pairs:
+            structure_video, dynamics_video = _relative_path(clips.paths[a]), _relative_path(clips.paths[b])
+            write_video(path, render_reenactment_answer(description, structure_video, dynamics_video, indices), clips.fps)
+            answers.append(load_clip(path, num_frames, (height, width)))  # every frame written: the clip
+    return torch.stack(answers)
+
+
 @torch.no_grad()
 def _decodes(vae, videos: torch.Tensor, pairs: list[tuple[int, int]], batch_size: int) -> dict[str, torch.Tensor]:
     """Per clip: reconstruction, structure-only, dynamics-only; per pair: the reenactment (structure of A, dynamics
@@ -373,12 +421,20 @@ def _decodes(vae, videos: torch.Tensor, pairs: list[tuple[int, int]], batch_size
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
+@torch.no_grad()
+def _reconstructions(vae, videos: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Decodes of the posterior means, as `_decodes` reconstructs."""
+    return torch.cat([vae.decode(vae.encode(batch.to(vae.device, vae.dtype)).latent_dist.mode()).sample.float().cpu()
+                      for batch in videos.split(batch_size)])
+
+
 # Table rows: (key, title, which source clip's decode is read: "A", "B" or "pair").
 ROWS = (
     ("reconstruction", "reconstruction of A", "A"),
     ("structure", "structure only of A", "A"),
     ("dynamics", "dynamics only of B", "B"),
     ("reenactment", "reenactment S(A) + D(B)", "pair"),
+    ("answer", "reconstruction of the answer", "pair"),
 )
 
 
@@ -389,16 +445,24 @@ def evaluate_decoupling(vae, probes: FactorProbes, clips: EmbeddedClips, num_pai
     Returns a JSON-serialisable dict: "rows" maps each decode to the fraction of pairs whose read-out has A's /
     B's content, A's / B's drift (the nearer of the two), A's / B's fast motion, and "goal": A's content and
     drift with B's fast motion at once; "psnr" the reconstruction PSNR of the clips; "probes" their checks.
+
+    For clips read from a data root, each pair's answer (`answer_clips`: A's scene and drift with B's fast motion,
+    rendered) is reconstructed too: its row is the most a reenactment can show through this autoencoder, and
+    "psnr_to_answer" says how near the reenactment is to the answer, beside A's and the answer's own
+    reconstructions.
     """
     from .metrics import psnr, to_unit_range
 
     real = probes.read(clips.videos)
     pairs = choose_pairs(clips, real["drift"], num_pairs, seed, min_separation)
     decodes = _decodes(vae, clips.videos, pairs, batch_size)
+    if clips.data_root is not None:
+        answers = answer_clips(clips, pairs)
+        decodes["answer"] = _reconstructions(vae, answers, batch_size)
     a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     content, fast = np.array(clips.contents), np.array(clips.fast_motions)
     rows = {}
-    for key, title, source in ROWS:
+    for key, title, source in (row for row in ROWS if row[0] in decodes):
         read = probes.read(decodes[key])
         index = {"A": a, "B": b, "pair": np.arange(len(pairs))}[source]
         got_content, got_fast, got_drift = np.array(read["content"])[index], np.array(read["fast"])[index], read["drift"][index]
@@ -412,11 +476,17 @@ def evaluate_decoupling(vae, probes: FactorProbes, clips: EmbeddedClips, num_pai
             # Which fast motion C shows, per fast motion of B: where the transfer fails, and to what.
             fast_confusion = {motion: {read_as: int(np.sum((fast[b] == motion) & (got_fast == read_as)))
                                        for read_as in FAST_MOTIONS} for motion in FAST_MOTIONS if np.any(fast[b] == motion)}
-    scores = psnr(to_unit_range(decodes["reconstruction"]), to_unit_range(clips.videos))
-    return {"num_pairs": len(pairs), "num_clips": len(clips.contents), "psnr": float(scores.mean()), "rows": rows,
-            "reenactment_fast_motion_by_B": fast_confusion, "probes": probes.checks,
-            "read_out": "content and fast motion: linear probes on clip_statistics fitted on real train clips; drift: "
-                        "global optical flow, A's when nearer A's than B's (as read off the real clips)"}
+    mean_psnr = lambda x, y: float(psnr(to_unit_range(x), to_unit_range(y)).mean())  # noqa: E731
+    report = {"num_pairs": len(pairs), "num_clips": len(clips.contents),
+              "psnr": mean_psnr(decodes["reconstruction"], clips.videos), "rows": rows,
+              "reenactment_fast_motion_by_B": fast_confusion, "probes": probes.checks,
+              "read_out": "content and fast motion: linear probes on clip_statistics fitted on real train clips; drift: "
+                          "global optical flow, A's when nearer A's than B's (as read off the real clips)"}
+    if "answer" in decodes:
+        report["psnr_to_answer"] = {"reenactment": mean_psnr(decodes["reenactment"], answers),
+                                    "reconstruction of A": mean_psnr(decodes["reconstruction"][a], answers),
+                                    "reconstruction of the answer": mean_psnr(decodes["answer"], answers)}
+    return report
 
 
 def format_decoupling(report: dict) -> str:
@@ -431,6 +501,10 @@ def format_decoupling(report: dict) -> str:
     lines.append("C's fast motion read as, per fast motion of B: " + "; ".join(
         f"{motion}: " + ", ".join(f"{read_as} {count}" for read_as, count in counts.items())
         for motion, counts in report["reenactment_fast_motion_by_B"].items()))
+    if "psnr_to_answer" in report:
+        lines.append("the answer: A's scene and drift with B's fast motion, rendered; its reconstruction's row is "
+                     "the most a reenactment can show through this autoencoder. PSNR to the answer: " +
+                     ", ".join(f"{name} {value:.2f} dB" for name, value in report["psnr_to_answer"].items()))
     checks = report["probes"]
     lines.append("goal: A's content and drift with B's fast motion. Read-outs on real held-out clips: content "
                  f"{100 * checks['content']['test_accuracy']:.1f}%, fast motion {100 * checks['fast']['test_accuracy']:.1f}%, "
@@ -439,8 +513,10 @@ def format_decoupling(report: dict) -> str:
     return "\n".join(lines)
 
 
-def sheet_videos(vae, clip_a: torch.Tensor, clip_b: torch.Tensor) -> dict[str, np.ndarray]:
-    """The sheet's rows for one pair: title -> (T, H, W, 3) in [0, 1]. Clips (3, T, H, W) in [-1, 1]."""
+def sheet_videos(vae, clip_a: torch.Tensor, clip_b: torch.Tensor,
+                 answer: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """The sheet's rows for one pair: title -> (T, H, W, 3) in [0, 1]. Clips (3, T, H, W) in [-1, 1]; `answer`,
+    what the reenactment should be (`answer_clips`), is shown last."""
     from ..data.export import decoded_to_frames
 
     clips = torch.stack([clip_a, clip_b]).to(vae.device, vae.dtype)
@@ -455,6 +531,8 @@ def sheet_videos(vae, clip_a: torch.Tensor, clip_b: torch.Tensor) -> dict[str, n
             "dynamics only B": vae.decode(z[1:], part="dynamics").sample,
             "reenactment S(A)+D(B)": vae.decode(vae.pack_latents(structure[:1], dynamics[1:])).sample,
         }
+        if answer is not None:
+            videos["answer (rendered)"] = answer[None].to(vae.device, vae.dtype)
     return {title: decoded_to_frames(video)[0] for title, video in videos.items()}
 
 
@@ -532,7 +610,8 @@ def sheet_caption(report: dict, names: dict[str, str]) -> list[str]:
     return [
         f"A = {names['A']}, B = {names['B']}.  Over {report['num_pairs']} held-out pairs (reconstruction PSNR {report['psnr']:.1f} dB):",
         f"reenactment S(A)+D(B): A's content {percent('reenactment', 'content_A')}, A's drift {percent('reenactment', 'drift_A')}, "
-        f"B's fast motion {percent('reenactment', 'fast_B')}, all three {percent('reenactment', 'goal')}",
+        f"B's fast motion {percent('reenactment', 'fast_B')}, all three {percent('reenactment', 'goal')}"
+        + (f" (the answer's reconstruction: {percent('answer', 'goal')})" if "answer" in rows else ""),
         f"structure only: A's content {percent('structure', 'content_A')}, A's drift {percent('structure', 'drift_A')}, "
         f"A's fast motion {percent('structure', 'fast_A')}.  dynamics only: B's fast motion {percent('dynamics', 'fast_B')}, "
         f"B's content {percent('dynamics', 'content_B')}",
@@ -567,7 +646,7 @@ def decoupling_for_vae(vae, data_root, num_pairs: int = 200, seed: int = 0, spli
     if sheet is not None or videos_dir is not None:
         a, b = pick_sheet_pair(clips)
         names = {"A": f"{clips.contents[a]} {clips.fast_motions[a]}", "B": f"{clips.contents[b]} {clips.fast_motions[b]}"}
-        videos = sheet_videos(vae, clips.videos[a], clips.videos[b])
+        videos = sheet_videos(vae, clips.videos[a], clips.videos[b], answer_clips(clips, [(a, b)])[0])
         report["sheet_pair"] = {"A": clips.paths[a], "B": clips.paths[b]}
         if sheet is not None:
             write_decoupling_sheet(sheet, videos, sheet_caption(report, names), fps=fps)

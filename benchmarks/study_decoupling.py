@@ -14,7 +14,8 @@ OUT/study.json.
 The levers (VIDTWIN.md sections 2-4): the structure path's temporal capacity is its number of Q-Former queries
 n_q, which its decoder mixes into the 16 frames with a learned kernel-1 Conv1d over the query axis (n_q learned
 time profiles, not a fixed interpolation: fewer queries follow a motion less well, but even 2 can follow a 1 Hz
-one); the dynamics path keeps every frame but averages space away, with d_D channels per frame and
+one), or, with `structure_time_profiles: linear` (not the original's), interpolates linearly between n_q anchors
+spread over the clip; the dynamics path keeps every frame but averages space away, with d_D channels per frame and
 row/column (`dynamics_down_blocks` 0 keeps the full 4x4 grid's rows and columns, 1 halves them); KL weight. Not the
 original's: train_vae's KL price per part (`dynamics_kl_scale`, `dynamics_static_kl_scale`) and the dynamics encoded
 from a colour-shuffled clip (`dynamics_colour_shuffle`), moved by a few pixels (`dynamics_spatial_jitter`).
@@ -96,6 +97,25 @@ CONFIGS = {
     "structure_4q_colour_shuffle_jitter4": (
         "n_q 4, the dynamics encoded from the colour-shuffled clip moved by up to 4 pixels",
         ["--model.num_queries", "4", "--dynamics_colour_shuffle", "true", "--dynamics_spatial_jitter", "4"]),
+    # The learned Conv1d lets even 2-4 queries follow a bounce (above). Fixed linear interpolation between 3 anchors
+    # (frames 1, 8.5, 16) bends with the drift's arc but cannot follow a 1-1.5 Hz motion, which must then go to
+    # the dynamics.
+    "structure_3q_linear_colour_shuffle": (
+        "n_q 3 interpolated linearly over time (structure_time_profiles: linear), the dynamics encoded from the "
+        "colour-shuffled clip",
+        ["--model.num_queries", "3", "--model.structure_time_profiles", "linear", "--dynamics_colour_shuffle", "true"]),
+    "structure_3q_linear_colour_shuffle_jitter4": (
+        "n_q 3 interpolated linearly over time, the dynamics encoded from the colour-shuffled clip moved by up to 4 "
+        "pixels",
+        ["--model.num_queries", "3", "--model.structure_time_profiles", "linear", "--dynamics_colour_shuffle", "true",
+         "--dynamics_spatial_jitter", "4"]),
+    # Two anchors, the clip's first and last frames: the structure follows only a straight path (the 2 s arc of the
+    # drift is nearly one).
+    "structure_2q_linear_colour_shuffle_jitter4": (
+        "n_q 2 interpolated linearly over time, the dynamics encoded from the colour-shuffled clip moved by up to 4 "
+        "pixels",
+        ["--model.num_queries", "2", "--model.structure_time_profiles", "linear", "--dynamics_colour_shuffle", "true",
+         "--dynamics_spatial_jitter", "4"]),
 }
 
 

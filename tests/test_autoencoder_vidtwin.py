@@ -6,6 +6,7 @@ import torch
 from helpers import perturb_
 
 from vidtwin_gen import AutoencoderVidTwin
+from vidtwin_gen.models.autoencoder_vidtwin import LinearTimeProfiles
 
 
 def tiny(**overrides) -> AutoencoderVidTwin:
@@ -175,6 +176,32 @@ def test_gradients_reach_every_parameter():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+def test_linear_time_profiles_interpolate_between_anchors_spread_over_the_clip():
+    queries = torch.randn(5, 3, 4)  # (N, n_q, D)
+    frames = LinearTimeProfiles(3, 16)(queries)  # anchors at frames 0, 7.5, 15
+    torch.testing.assert_close(frames[:, 0], queries[:, 0])
+    torch.testing.assert_close(frames[:, 15], queries[:, 2])
+    torch.testing.assert_close(frames[:, 3], queries[:, 0] + 3 / 7.5 * (queries[:, 1] - queries[:, 0]))
+    torch.testing.assert_close(frames[:, 10], queries[:, 1] + 2.5 / 7.5 * (queries[:, 2] - queries[:, 1]))
+    torch.testing.assert_close(LinearTimeProfiles(1, 16)(queries[:, :1]), queries[:, :1].expand(5, 16, 4))
+
+
+def test_linear_time_profiles_model_trains_saves_and_loads(tmp_path):
+    # The interpolation is fixed: no parameter of its own, nothing in the checkpoint, the same decodes after loading.
+    learned, linear = tiny(num_queries=3), tiny(num_queries=3, structure_time_profiles="linear")
+    assert sum(p.numel() for p in learned.parameters()) - sum(p.numel() for p in linear.parameters()) == 3 * 8 + 8
+    assert not any("structure_decoder.to_frames.2" in key for key in linear.state_dict())
+    linear.save_pretrained(tmp_path)
+    loaded = AutoencoderVidTwin.from_pretrained(tmp_path).eval()
+    assert loaded.config.structure_time_profiles == "linear"
+    x = video(linear)
+    with torch.no_grad():
+        assert torch.equal(linear(x).sample, loaded(x).sample)
+    loaded.train()
+    (loaded(x).sample - x).abs().mean().backward()
+    assert all(p.grad is not None for p in loaded.parameters())
+
+
 def test_gradient_checkpointing_matches():
     model = tiny().train()
     model.structure_encoder.qformer.dropout = 0.0
@@ -301,5 +328,7 @@ def test_invalid_configs_are_rejected():
         AutoencoderVidTwin.from_preset("tiny", sample_size=36)
     with pytest.raises(ValueError, match="square token grid"):
         AutoencoderVidTwin.from_preset("tiny", sample_size=(32, 48))
+    with pytest.raises(ValueError, match="structure_time_profiles='cubic' must be one of"):
+        AutoencoderVidTwin.from_preset("tiny", structure_time_profiles="cubic")
     with pytest.raises(ValueError, match="Unknown preset"):
         AutoencoderVidTwin.from_preset("huge")

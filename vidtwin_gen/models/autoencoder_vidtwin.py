@@ -343,10 +343,33 @@ class StructureEncoder(nn.Module):
         return rearrange(moments, "(b q) c hs ws -> b c q hs ws", q=n_q)
 
 
+STRUCTURE_TIME_PROFILES = ("learned", "linear")
+
+
+class LinearTimeProfiles(nn.Module):
+    """(N, n_q, D) -> (N, t, D): the n_q queries as anchors spread evenly over the t frames (the first and the last
+    included), linearly interpolated between. A fixed stand-in for the original's learned kernel-1 Conv1d: the
+    structure then follows no motion faster than the anchors' spacing, which leaves fast motion to the dynamics."""
+
+    def __init__(self, num_queries: int, num_frames: int):
+        super().__init__()
+        if num_queries == 1:
+            weight = torch.ones(num_frames, 1)
+        else:
+            anchors = torch.linspace(0, num_frames - 1, num_queries)
+            spacing = (num_frames - 1) / (num_queries - 1)
+            weight = (1 - (torch.arange(num_frames)[:, None] - anchors[None]).abs() / spacing).clamp(min=0)
+        self.register_buffer("weight", weight, persistent=False)  # (t, n_q), from the config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("tq,nqd->ntd", self.weight.to(x.dtype), x)
+
+
 class StructureDecoder(nn.Module):
     """z_S (B, d_S, n_q, h_S, w_S) -> u_S (B, D, t, h, w)."""
 
-    def __init__(self, latent_channels, base_channels, num_up_blocks, query_dim, num_queries, hidden_size, grid_size):
+    def __init__(self, latent_channels, base_channels, num_up_blocks, query_dim, num_queries, hidden_size, grid_size,
+                 time_profiles: str = "learned"):
         super().__init__()
         self.grid_size = grid_size
         channels = base_channels * 2**num_up_blocks
@@ -362,11 +385,10 @@ class StructureDecoder(nn.Module):
         self.up_blocks = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(channels, query_dim, 3, padding=1)
         # On (N, n_q, d_q): the Linear acts on the last axis, the kernel-1 Conv1d treats the query axis
-        # as channels and maps the n_q queries to the t frames.
+        # as channels and maps the n_q queries to the t frames (or, "linear", a fixed interpolation does).
         t = grid_size[0]
-        self.to_frames = nn.Sequential(
-            nn.Linear(query_dim, hidden_size), nn.ReLU(), nn.Conv1d(num_queries, t, 1), nn.ReLU()
-        )
+        to_time = nn.Conv1d(num_queries, t, 1) if time_profiles == "learned" else LinearTimeProfiles(num_queries, t)
+        self.to_frames = nn.Sequential(nn.Linear(query_dim, hidden_size), nn.ReLU(), to_time, nn.ReLU())
 
     def forward(self, z_s: torch.Tensor) -> torch.Tensor:
         b, _, n_q = z_s.shape[:3]
@@ -443,6 +465,7 @@ def check_autoencoder_config(
     num_decoder_layers, num_attention_heads, mlp_ratio, num_queries, query_dim, qformer_num_layers,
     qformer_num_attention_heads, qformer_intermediate_size, qformer_cross_attention_frequency, qformer_dropout,
     structure_channels, structure_base_channels, structure_down_blocks, dynamics_channels, dynamics_down_blocks,
+    structure_time_profiles="learned",
 ) -> tuple[int, int, int]:
     """Validate every size key of an `AutoencoderVidTwin` config, reporting all problems; returns the token grid
     (t, h, w)."""
@@ -480,6 +503,8 @@ def check_autoencoder_config(
     ):
         check_int(problems, name, value, 1, high)
     check_float(problems, "mlp_ratio", mlp_ratio, 0.0, 64.0)
+    if structure_time_profiles not in STRUCTURE_TIME_PROFILES:
+        problems.append(f"structure_time_profiles={structure_time_profiles!r} must be one of {STRUCTURE_TIME_PROFILES}")
     if isinstance(qformer_dropout, bool) or not isinstance(qformer_dropout, (int, float)) or not 0 <= qformer_dropout < 1:
         problems.append(f"qformer_dropout={qformer_dropout!r} is out of range: allowed [0, 1)")
     if grid is not None:
@@ -521,6 +546,10 @@ class AutoencoderVidTwin(VidTwinModelMixin, AutoencoderMixin, ConfigMixin):
         structure_channels: d_S. structure_base_channels: channels after the Q-Former's conv_in.
         structure_down_blocks: stride-2 convolutions on the structure path (h -> h_S).
         dynamics_channels: d_D. dynamics_down_blocks: stride-2 convolutions on the dynamics path.
+        structure_time_profiles: how the structure decoder maps the n_q queries to the frames: "learned" (the
+            original's kernel-1 Conv1d, n_q learned time profiles) or "linear" (not the original's: the queries
+            are anchors evenly spread over the clip, linearly interpolated, so the structure cannot follow a
+            motion faster than their spacing; `LinearTimeProfiles`).
 
     Q-Former dropout: `qformer_dropout` (0.1, the original's training recipe) acts only inside `forward` of a
     model in train mode, the path training takes. `encode` and `decode` never drop anything, so their output
@@ -575,6 +604,7 @@ class AutoencoderVidTwin(VidTwinModelMixin, AutoencoderMixin, ConfigMixin):
         structure_down_blocks: int = 1,
         dynamics_channels: int = 8,
         dynamics_down_blocks: int = 1,
+        structure_time_profiles: str = "learned",
     ):
         super().__init__()
         grid_size = check_autoencoder_config(
@@ -582,7 +612,7 @@ class AutoencoderVidTwin(VidTwinModelMixin, AutoencoderMixin, ConfigMixin):
             num_decoder_layers, num_attention_heads, mlp_ratio, num_queries, query_dim, qformer_num_layers,
             qformer_num_attention_heads, qformer_intermediate_size, qformer_cross_attention_frequency,
             qformer_dropout, structure_channels, structure_base_channels, structure_down_blocks,
-            dynamics_channels, dynamics_down_blocks,
+            dynamics_channels, dynamics_down_blocks, structure_time_profiles,
         )
         self.grid_size = grid_size
         self.structure_grid = (_halve(grid_size[1], structure_down_blocks), _halve(grid_size[2], structure_down_blocks))
@@ -605,7 +635,7 @@ class AutoencoderVidTwin(VidTwinModelMixin, AutoencoderMixin, ConfigMixin):
         self.dynamics_encoder = DynamicsEncoder(hidden_size, dynamics_down_blocks, dynamics_channels)
         self.structure_decoder = StructureDecoder(
             structure_channels, structure_base_channels, structure_down_blocks, query_dim, num_queries,
-            hidden_size, grid_size,
+            hidden_size, grid_size, structure_time_profiles,
         )
         self.dynamics_decoder = DynamicsDecoder(dynamics_channels, hidden_size, grid_size, self.dynamics_grid)
         self.decoder = SpatioTemporalTransformer(

@@ -61,17 +61,25 @@ def key_bias(name: str, tensor: torch.Tensor) -> torch.Tensor | None:
     return tensor[tensor.shape[0] // 3: 2 * tensor.shape[0] // 3] if name.endswith("qkv.bias") else None
 
 
-def assert_close(fsdp: dict, ddp: dict, lr_steps: float) -> None:
+def assert_same_steps(fsdp: dict, ddp: dict, ddp_before: dict, lr_steps: float) -> None:
+    """FSDP's weights equal DDP's to within 1 % of the steps DDP took since `ddp_before` (per tensor, in norm).
+
+    Not elementwise: FSDP reduce-scatters the gradients where DDP all-reduces them, so they differ at rounding
+    level, and Adam divides each element's gradient by its own running size, so an element whose gradient is at
+    that level (a few in ten thousand of the PatchGAN's) moves by any amount up to the learning rate, and by how
+    much depends on the CPU's kernels. A gradient reduced wrongly moves whole tensors and fails by far.
+    """
     assert set(fsdp) == set(ddp)
     for name in fsdp:
-        a, b = fsdp[name].float(), ddp[name].float()
+        a, b, before = fsdp[name].double(), ddp[name].double(), ddp_before[name].double()
         keys = key_bias(name, a)
         if keys is not None:
             assert (keys - key_bias(name, b)).abs().max() <= lr_steps, name
-            a, b = a.clone(), b.clone()
-            key_bias(name, a).zero_()
-            key_bias(name, b).zero_()
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+            a, b, before = a.clone(), b.clone(), before.clone()
+            for tensor in (a, b, before):
+                key_bias(name, tensor).zero_()
+        difference, steps = (a - b).norm().item(), (b - before).norm().item()
+        assert difference <= 1e-2 * steps + 1e-5 * a.numel() ** 0.5, (name, difference, steps)
 
 
 @pytest.mark.slow
@@ -89,11 +97,13 @@ def test_fsdp_equals_ddp_with_the_gan_on_and_exports_the_gathered_ema(fsdp_run, 
     assert any(key.startswith("logvar_optimizer.state.0.") for key in state)
 
     lr_steps = 1e-3 * RUN["max_train_steps"]  # the learning rate times the updates: Adam's largest possible drift
+    ddp_weights = {step: load_file(ddp / step / "model.safetensors") for step in ("checkpoint-2", "checkpoint-4")}
     weights = torch.load(checkpoint / "pytorch_model_fsdp.bin", weights_only=True)
-    assert_close(weights, load_file(ddp / "checkpoint-4" / "model.safetensors"), lr_steps)
+    assert_same_steps(weights, ddp_weights["checkpoint-4"], ddp_weights["checkpoint-2"], lr_steps)
     # The PatchGAN (weights and BatchNorm statistics), trained from the first update on.
-    assert_close(torch.load(checkpoint / "pytorch_model_fsdp_1.bin", weights_only=True),
-                 load_file(ddp / "checkpoint-4" / "model_1.safetensors"), lr_steps)
+    assert_same_steps(torch.load(checkpoint / "pytorch_model_fsdp_1.bin", weights_only=True),
+                      *(load_file(ddp / step / "model_1.safetensors") for step in ("checkpoint-4", "checkpoint-2")),
+                      lr_steps)
     ddp_state = load_file(ddp / "checkpoint-4" / "training_state.safetensors")
     torch.testing.assert_close(state["logvar"], ddp_state["logvar"], atol=1e-6, rtol=0)
     assert state["logvar"] != 0  # it trained
@@ -104,7 +114,8 @@ def test_fsdp_equals_ddp_with_the_gan_on_and_exports_the_gathered_ema(fsdp_run, 
     for index, name in enumerate(names):  # EMAModel keeps parameters() order
         assert torch.equal(exported.state_dict()[name], state[f"ema.shadow_params.{index}"]), name
     assert any(not torch.equal(exported.state_dict()[name], weights[name]) for name in names)  # EMA, not raw
-    assert_close(exported.state_dict(), AutoencoderVidTwin.from_pretrained(ddp / "vae").state_dict(), lr_steps)
+    assert_same_steps(exported.state_dict(), AutoencoderVidTwin.from_pretrained(ddp / "vae").state_dict(),
+                      ddp_weights["checkpoint-2"], lr_steps)
     # Validation ran on the gathered whole model.
     assert sorted(p.name for p in (fsdp_run / "validation" / "step-4").glob("*.mp4")) == sorted(
         f"clip0_{kind}.mp4" for kind in ("original", "reconstruction", "structure", "dynamics"))

@@ -139,9 +139,11 @@ def run_trainer(trainer, config: str, arguments: list[str], num_processes: int) 
 def train_autoencoder(out: Path, data: Path, args) -> None:
     steps = ["--max_train_steps", str(args.vae_steps)] if args.vae_steps else []
     shuffle = ["--dynamics_colour_shuffle", "true"] if args.dynamics_colour_shuffle else []
+    anchors = (["--model.num_queries", str(args.structure_anchors), "--model.structure_time_profiles", "linear"]
+               if args.structure_anchors else [])
     run_trainer(train_vae, config_path("vae/quickstart.yaml"),
                 ["--data_root", str(data), "--seed", str(args.seed), "--output_dir", str(out / "runs" / "vae"),
-                 "--resume_from_checkpoint", "latest", *steps, *shuffle], args.num_processes)
+                 "--resume_from_checkpoint", "latest", *steps, *shuffle, *anchors], args.num_processes)
     replace_directory(out / "runs" / "vae" / "vae", out / "vae")
 
 
@@ -236,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train the autoencoder with train_vae's dynamics_colour_shuffle: its cross-reenactments "
                         "then keep A's object and take B's fast motion (README: 'Is it decoupled?'), at ~1 dB of "
                         "reconstruction PSNR and less fast motion in the reconstructions")
+    parser.add_argument("--structure-anchors", type=int, metavar="N",
+                        help="decode the autoencoder's structure from N queries linearly interpolated over the clip "
+                        "(structure_time_profiles: linear, not the original's) so it cannot follow fast motion; "
+                        "with --dynamics-colour-shuffle and N=3 its reenactments decouple best at this budget "
+                        "(README: 'Is it decoupled?')")
     parser.add_argument("--dit-steps", type=int, help=f"override max_train_steps of train_configs/{DIT_CONFIG}")
     parser.add_argument("--samples-per-class", type=int, default=6,
                         help="samples of each class for class accuracy and FVD (default: %(default)s)")
@@ -258,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num_processes < 1:
         parser.error(f"--num-processes must be >= 1, got {args.num_processes}")
+    if args.structure_anchors is not None and args.structure_anchors < 1:
+        parser.error(f"--structure-anchors must be >= 1, got {args.structure_anchors}")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     times_path = out / "stage_times.json"

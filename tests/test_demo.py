@@ -94,24 +94,16 @@ def test_trainers_run_data_parallel_with_the_config_s_global_batch(monkeypatch, 
         demo.run_trainer(train_vae, config, [], num_processes=2)
 
 
-def test_the_decoupling_flags_reach_the_autoencoder_s_trainer(monkeypatch, tmp_path):
+def test_the_demo_trains_the_decoupled_split_unless_the_original_is_asked_for(monkeypatch, tmp_path):
     from vidtwin_gen import demo
 
     calls = []
     monkeypatch.setattr(demo, "run_trainer", lambda module, config, arguments, num_processes: calls.append(arguments))
     monkeypatch.setattr(demo, "replace_directory", lambda source, target: None)
-    for flags in ([], ["--dynamics-colour-shuffle", "--structure-anchors", "3"]):
+    for flags in ([], ["--original-split"]):
         args = demo.build_parser().parse_args(["--output-dir", str(tmp_path), *flags])
         demo.train_autoencoder(tmp_path, tmp_path / "data", args)
-    assert not {"--dynamics_colour_shuffle", "--model.num_queries", "--model.structure_time_profiles"} & set(calls[0])
-    value = lambda name: calls[1][calls[1].index(name) + 1]  # noqa: E731
+    value = lambda name: calls[0][calls[0].index(name) + 1]  # noqa: E731
     assert (value("--dynamics_colour_shuffle"), value("--model.num_queries"),
             value("--model.structure_time_profiles")) == ("true", "3", "linear")
-
-
-def test_structure_anchors_below_one_are_refused(tmp_path, capsys):
-    from vidtwin_gen import demo
-
-    with pytest.raises(SystemExit):
-        demo.main(["--output-dir", str(tmp_path), "--structure-anchors", "0"])
-    assert "--structure-anchors must be >= 1, got 0" in capsys.readouterr().err
+    assert not {"--dynamics_colour_shuffle", "--model.num_queries", "--model.structure_time_profiles"} & set(calls[1])
